@@ -82,13 +82,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* Name of the PriorityClass the chart creates (cluster-scoped, so the namespace is part of it). */}}
+{{- define "tpot.ownPriorityClassName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "tpot.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* PriorityClass of a component: its own value, else the chart's class when the chart creates one. */}}
 {{- define "tpot.priorityClassName" -}}
 {{- $own := (index .context.Values .component).priorityClassName -}}
 {{- if $own -}}
 {{- $own -}}
 {{- else if .context.Values.priorityClass.create -}}
-{{- printf "%s-%s" .context.Release.Namespace (include "tpot.fullname" .context) | trunc 63 | trimSuffix "-" -}}
+{{- include "tpot.ownPriorityClassName" .context -}}
 {{- end -}}
 {{- end -}}
 
@@ -149,48 +154,49 @@ seccompProfile:
 
 {{/* How a client process finds the scheduler: the Service address, or the scheduler file. */}}
 {{- define "tpot.schedulerDiscoveryEnv" -}}
-{{- if .Values.schedulerFile.enabled }}
+{{- if .Values.schedulerFile.enabled -}}
 - name: TPOT_SCHEDULER_FILE
   value: {{ include "tpot.schedulerFilePath" . }}
-{{- else }}
+{{- else -}}
 - name: DASK_SCHEDULER_ADDRESS
   value: {{ include "tpot.schedulerAddress" . | quote }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
-{{/* Volume that holds scheduler.json in worker and backend pods (schedulerFile.enabled only). */}}
+{{/* Volume that holds scheduler.json in worker and backend pods; include it only when schedulerFile.enabled. */}}
 {{- define "tpot.schedulerFileVolume" -}}
-{{- if .Values.schedulerFile.enabled }}
 - name: scheduler-file
-  {{- if .Values.schedulerFile.existingClaim }}
+{{- if .Values.schedulerFile.existingClaim }}
   persistentVolumeClaim:
     claimName: {{ .Values.schedulerFile.existingClaim }}
     readOnly: true
-  {{- else }}
+{{- else }}
   emptyDir:
     sizeLimit: 1Mi
-  {{- end }}
 {{- end }}
 {{- end -}}
 
-{{/* Init containers of worker and backend pods: write scheduler.json (emptyDir mode), then wait for the scheduler. */}}
-{{- define "tpot.schedulerInitContainers" -}}
-{{- $ := . -}}
-{{- if and .Values.schedulerFile.enabled (not .Values.schedulerFile.existingClaim) }}
+{{/* Whether worker and backend pods write scheduler.json themselves (schedulerFile on, no shared claim). */}}
+{{- define "tpot.writesSchedulerFile" -}}
+{{- if and .Values.schedulerFile.enabled (not .Values.schedulerFile.existingClaim) }}true{{ end -}}
+{{- end -}}
+
+{{/* Init container that writes scheduler.json with the Service address into the pod's emptyDir. */}}
+{{- define "tpot.writeSchedulerFileContainer" -}}
 - name: write-scheduler-file
-  image: {{ include "tpot.image" $ | quote }}
+  image: {{ include "tpot.image" . | quote }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   command:
     - tpot-backend
     - write-scheduler-file
     - --address
-    - {{ include "tpot.schedulerAddress" $ | quote }}
+    - {{ include "tpot.schedulerAddress" . | quote }}
     - --path
-    - {{ include "tpot.schedulerFilePath" $ }}
+    - {{ include "tpot.schedulerFilePath" . }}
   env:
-    {{- include "tpot.baseEnv" $ | nindent 4 }}
+    {{- include "tpot.baseEnv" . | nindent 4 }}
   securityContext:
-    {{- include "tpot.containerSecurityContext" $ | nindent 4 }}
+    {{- include "tpot.containerSecurityContext" . | nindent 4 }}
   resources:
     {{- toYaml .Values.initContainerResources | nindent 4 }}
   volumeMounts:
@@ -198,10 +204,12 @@ seccompProfile:
       mountPath: /tmp
     - name: scheduler-file
       mountPath: /var/run/tpot
-{{- end }}
-{{- if .Values.waitForScheduler.enabled }}
+{{- end -}}
+
+{{/* Init container that waits, within waitForScheduler.timeoutSeconds, until the scheduler answers. */}}
+{{- define "tpot.waitForSchedulerContainer" -}}
 - name: wait-for-scheduler
-  image: {{ include "tpot.image" $ | quote }}
+  image: {{ include "tpot.image" . | quote }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   command:
     - tpot-backend
@@ -209,10 +217,10 @@ seccompProfile:
     - --timeout
     - {{ .Values.waitForScheduler.timeoutSeconds | quote }}
   env:
-    {{- include "tpot.baseEnv" $ | nindent 4 }}
-    {{- include "tpot.schedulerDiscoveryEnv" $ | nindent 4 }}
+    {{- include "tpot.baseEnv" . | nindent 4 }}
+    {{- include "tpot.schedulerDiscoveryEnv" . | nindent 4 }}
   securityContext:
-    {{- include "tpot.containerSecurityContext" $ | nindent 4 }}
+    {{- include "tpot.containerSecurityContext" . | nindent 4 }}
   resources:
     {{- toYaml .Values.initContainerResources | nindent 4 }}
   volumeMounts:
@@ -223,7 +231,6 @@ seccompProfile:
       mountPath: /var/run/tpot
       readOnly: true
     {{- end }}
-{{- end }}
 {{- end -}}
 
 {{/* Prometheus scrape annotations for a pod's metrics port (monitoring.scrapeAnnotations.enabled). */}}
@@ -233,4 +240,119 @@ prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
 {{- end }}
+{{- end -}}
+
+{{/* Secret that holds the backend's API token: the existing one, else the one the chart creates. */}}
+{{- define "tpot.apiTokenSecretName" -}}
+{{- default (printf "%s-api-token" (include "tpot.fullname" .)) .Values.backend.apiToken.existingSecret -}}
+{{- end -}}
+
+{{/* NetworkPolicy peer: pods of this release with one of the given components; takes (dict "context" $ "components" (list ...)). */}}
+{{- define "tpot.componentPeer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "tpot.releaseSelectorLabels" .context | nindent 6 }}
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values:
+          {{- toYaml .components | nindent 10 }}
+{{- end -}}
+
+{{/* NetworkPolicy peer: the Prometheus pods allowed to scrape metrics ports. */}}
+{{- define "tpot.monitoringPeer" -}}
+- namespaceSelector:
+    {{- toYaml .Values.networkPolicy.monitoring.namespaceSelector | nindent 4 }}
+  podSelector:
+    {{- toYaml .Values.networkPolicy.monitoring.podSelector | nindent 4 }}
+{{- end -}}
+
+{{/* NetworkPolicy egress rule: DNS lookups to the cluster DNS pods. */}}
+{{- define "tpot.dnsEgressRule" -}}
+- to:
+    - namespaceSelector:
+        {{- toYaml .Values.networkPolicy.dns.namespaceSelector | nindent 8 }}
+      podSelector:
+        {{- toYaml .Values.networkPolicy.dns.podSelector | nindent 8 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end -}}
+
+{{/* A memory quantity (e.g. 3Gi, 512Mi, 2G) in MiB, as a float. */}}
+{{- define "tpot.quantityMb" -}}
+{{- $text := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $text -}}
+{{- $unit := trimPrefix $number $text -}}
+{{- $perUnit := dict "" 0.00000095367431640625 "Ki" 0.0009765625 "Mi" 1.0 "Gi" 1024.0 "Ti" 1048576.0
+    "k" 0.00095367431640625 "M" 0.95367431640625 "G" 953.67431640625 "T" 953674.31640625 -}}
+{{- if not (hasKey $perUnit $unit) -}}
+{{- fail (printf "memory quantity %q: unit %q is not one of Ki, Mi, Gi, Ti, k, M, G, T" $text $unit) -}}
+{{- end -}}
+{{- mulf (float64 $number) (index $perUnit $unit) -}}
+{{- end -}}
+
+{{/* Cross-field checks the schema cannot express; each failure names the keys involved. */}}
+{{- define "tpot.validate" -}}
+{{- $daskMb := int .Values.tpot.memoryLimitMb -}}
+{{- $containerMb := include "tpot.workerContainerMemoryMb" . | int -}}
+{{- if and .Values.worker.containerMemoryLimitMb (le $containerMb $daskMb) -}}
+{{- fail (printf "worker.containerMemoryLimitMb (%d MiB) must be above tpot.memoryLimitMb (%d MiB): Dask's --memory-limit has to stay below the container limit, or the kernel kills the worker before Dask can spill or restart it" $containerMb $daskMb) -}}
+{{- end -}}
+{{- $workers := ternary .Values.worker.autoscaling.minReplicas .Values.worker.replicas .Values.worker.autoscaling.enabled | int -}}
+{{- $countKey := ternary "worker.autoscaling.minReplicas" "worker.replicas" .Values.worker.autoscaling.enabled -}}
+{{- if and .Values.worker.autoscaling.enabled (gt (int .Values.worker.autoscaling.minReplicas) (int .Values.worker.autoscaling.maxReplicas)) -}}
+{{- fail (printf "worker.autoscaling.minReplicas (%v) must not be above worker.autoscaling.maxReplicas (%v)" .Values.worker.autoscaling.minReplicas .Values.worker.autoscaling.maxReplicas) -}}
+{{- end -}}
+{{- with .Values.worker.podDisruptionBudget -}}
+{{- if .enabled -}}
+{{- $hasMin := not (kindIs "invalid" .minAvailable) -}}
+{{- $hasMax := not (kindIs "invalid" .maxUnavailable) -}}
+{{- if eq $hasMin $hasMax -}}
+{{- fail "worker.podDisruptionBudget: set exactly one of minAvailable and maxUnavailable (the other to null)" -}}
+{{- end -}}
+{{- if $hasMin -}}
+{{- if kindIs "string" .minAvailable -}}
+{{- if eq .minAvailable "100%" -}}
+{{- fail "worker.podDisruptionBudget.minAvailable \"100%\" can never be satisfied during a drain: no worker could ever be evicted" -}}
+{{- end -}}
+{{- else if ge (int .minAvailable) $workers -}}
+{{- fail (printf "worker.podDisruptionBudget.minAvailable (%v) must be below %s (%d): otherwise no worker can ever be evicted and node drains hang" .minAvailable $countKey $workers) -}}
+{{- end -}}
+{{- else if and (kindIs "string" .maxUnavailable) (eq .maxUnavailable "0%") -}}
+{{- fail "worker.podDisruptionBudget.maxUnavailable \"0%\" can never be satisfied during a drain: no worker could ever be evicted" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.monitoring.serviceMonitor.enabled .Values.monitoring.podMonitor.enabled -}}
+{{- fail "monitoring.serviceMonitor.enabled and monitoring.podMonitor.enabled are both true: every target would be scraped twice; enable one" -}}
+{{- end -}}
+{{- range $component := list "scheduler" "worker" -}}
+{{- range (index $.Values $component).extraArgs -}}
+{{- if regexMatch "^--(no-dashboard|dashboard-address|dashboard|port|host|worker-port|nanny-port|no-nanny|nthreads|nworkers|memory-limit|local-directory|name|scheduler-file)(=.*)?$" (toString .) -}}
+{{- fail (printf "%s.extraArgs: %q is set by the chart (ports, probes and memory depend on it); use the matching values key instead" $component .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.schedulerFile.existingClaim (not .Values.schedulerFile.enabled) -}}
+{{- fail "schedulerFile.existingClaim is set but schedulerFile.enabled is false: enable it or clear the claim" -}}
+{{- end -}}
+{{- if and .Values.backend.persistence.existingClaim (not .Values.backend.persistence.enabled) -}}
+{{- fail "backend.persistence.existingClaim is set but backend.persistence.enabled is false: enable it or clear the claim" -}}
+{{- end -}}
+{{- with .Values.backend.apiToken -}}
+{{- if and (or .value .existingSecret) (not .enabled) -}}
+{{- fail "backend.apiToken.value or backend.apiToken.existingSecret is set but backend.apiToken.enabled is false" -}}
+{{- end -}}
+{{- if and .value .existingSecret -}}
+{{- fail "backend.apiToken: set value or existingSecret, not both" -}}
+{{- end -}}
+{{- end -}}
+{{- $mayRunLocally := or (ne .Values.tpot.parallelMode "distributed") (lt (float64 .Values.tpot.distributedShare) 1.0) -}}
+{{- $backendMb := include "tpot.quantityMb" .Values.backend.resources.limits.memory | float64 -}}
+{{- if and $mayRunLocally (le $backendMb (float64 $daskMb)) -}}
+{{- fail (printf "backend.resources.limits.memory (%s) must be above tpot.memoryLimitMb (%d MiB) when jobs can run in the backend (tpot.parallelMode %s, tpot.distributedShare %v)" .Values.backend.resources.limits.memory $daskMb .Values.tpot.parallelMode .Values.tpot.distributedShare) -}}
+{{- end -}}
 {{- end -}}
