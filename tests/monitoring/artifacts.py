@@ -1,8 +1,8 @@
 """The monitoring artifacts as the chart ships them, and the copies under docs/monitoring.
 
 The chart is the source: `files/prometheus-rules.yaml` is a Helm template body and
-`files/grafana-dashboard.json` is shipped untouched. The copies for users without prometheus-operator
-or the Grafana sidecar are generated from them and compared in tests:
+`files/grafana-dashboard.json` is shipped untouched. The copies for users without
+prometheus-operator or the Grafana sidecar are generated from them and compared in tests:
 
     .venv/bin/python -m tests.monitoring.artifacts      # rewrite docs/monitoring/tpot-*.{yaml,json}
 """
@@ -22,6 +22,8 @@ from tests.harness.helm import CHART_DIR, MONITORING_APIS, REPO_ROOT, render
 
 logger = logging.getLogger(__name__)
 
+REGENERATE = "run `.venv/bin/python -m tests.monitoring.artifacts`"
+
 MONITORING_DIR = Path(__file__).resolve().parent
 DOCS_DIR = REPO_ROOT / "docs" / "monitoring"
 RULES_COPY = DOCS_DIR / "tpot-rules.yaml"
@@ -35,18 +37,18 @@ RELEASE = "tpot"
 NAMESPACE = "tpot"
 
 RULES_HEADER = """\
-# Alerting and recording rules of the tpot chart for a Prometheus without prometheus-operator, rendered
-# from charts/tpot/files/prometheus-rules.yaml with the default values for release "tpot" in namespace
-# "tpot". Regenerate with `.venv/bin/python -m tests.monitoring.artifacts`; for another release,
-# namespace or threshold see docs/monitoring.md ("Rules without the operator").
+# Alerting and recording rules of the tpot chart for a Prometheus without prometheus-operator,
+# rendered from charts/tpot/files/prometheus-rules.yaml with the default values for release "tpot"
+# in namespace "tpot". Regenerate: `.venv/bin/python -m tests.monitoring.artifacts`. For another
+# release, namespace or threshold see docs/monitoring.md ("Rules without the operator").
 """
 
-# In PromQL every selector in these expressions is written `name{...}`; functions and groupings use `(`.
+# Every selector in these expressions is written `name{...}`; functions and groupings use `(`.
 SELECTOR = re.compile(r"(?<![\w:])([a-zA-Z_:][\w:]*)\s*\{")
 
 
 def prometheus_rule(set_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The PrometheusRule the chart renders (monitoring.prometheusRule.enabled plus `set_values`)."""
+    """The PrometheusRule the chart renders, monitoring.prometheusRule.enabled + `set_values`."""
     values = {"monitoring.prometheusRule.enabled": True, **(set_values or {})}
     manifests = render(
         set_values=values, api_versions=MONITORING_APIS, release=RELEASE, namespace=NAMESPACE

@@ -1,5 +1,6 @@
-"""The chart's Prometheus rules: promtool accepts them, every alert fires and stays quiet as its unit tests
-say, thresholds follow the values, and the plain copy for non-operator Prometheus matches the chart."""
+"""The chart's Prometheus rules: promtool accepts them, every alert fires and stays quiet as its
+unit tests say, thresholds follow the values, and the plain copy for non-operator Prometheus
+matches the chart."""
 
 from __future__ import annotations
 
@@ -37,9 +38,13 @@ def _promtool(promtool_bin: str, *args: str, cwd: Path) -> subprocess.CompletedP
     )
 
 
-def _expr_test(alert: dict[str, Any], series: list[dict[str, str]], eval_time: str,
-               expected: list[dict[str, Any]]) -> dict[str, Any]:
-    """A promtool test that evaluates one alert's expression and expects exactly `expected` samples."""
+def _expr_test(
+    alert: dict[str, Any],
+    series: list[dict[str, str]],
+    eval_time: str,
+    expected: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A promtool test evaluating one alert's expression, expecting exactly `expected` samples."""
     return {
         "rule_files": ["tpot-rules.yaml"],
         "evaluation_interval": "1m",
@@ -69,7 +74,10 @@ def test_rendered_rules_pass_promtool_check(
     result = _promtool(promtool_bin, "check", "rules", str(rules), cwd=tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {sum(len(g['rules']) for g in default_groups['groups'])} rules found" in result.stdout
+    assert (
+        f"SUCCESS: {sum(len(g['rules']) for g in default_groups['groups'])} rules found"
+        in result.stdout
+    )
 
 
 def test_every_alert_fires_and_stays_quiet_as_the_unit_tests_expect(
@@ -111,7 +119,9 @@ def test_every_alert_carries_severity_summary_description_and_a_runbook_that_exi
         annotations = alert["annotations"]
         assert alert["labels"]["severity"] in {"critical", "warning"}, name
         assert annotations["summary"].strip() and annotations["description"].strip(), name
-        assert re.search(r"\d|\$value", annotations["description"]), f"{name}: no numbers in description"
+        assert re.search(r"\d|\$value", annotations["description"]), (
+            f"{name}: no numbers in description"
+        )
         page, _, anchor = annotations["runbook_url"].partition("#")
         assert page == "docs/monitoring.md" and anchor == name.lower(), name
         assert anchor in headings, f"{name}: docs/monitoring.md has no runbook heading '### {name}'"
@@ -131,7 +141,7 @@ def test_every_selector_names_namespace_and_release_pods(default_groups: dict[st
 
 def test_plain_rules_copy_in_docs_matches_the_chart_render(default_groups: dict[str, Any]) -> None:
     assert artifacts.RULES_COPY.read_text() == artifacts.rules_text(default_groups), (
-        "docs/monitoring/tpot-rules.yaml is stale; run `.venv/bin/python -m tests.monitoring.artifacts`"
+        f"docs/monitoring/tpot-rules.yaml is stale; {artifacts.REGENERATE}"
     )
 
 
@@ -145,8 +155,14 @@ def test_memory_alert_follows_memory_limit_and_threshold_values(
     mib = 1024 * 1024
     worker = 'job="tpot-worker", namespace="tpot", pod="tpot-worker-7c9d5f6b8-{}", type="unmanaged"'
     series = [
-        {"series": f"dask_worker_memory_bytes{{{worker.format('above')}}}", "values": f"{700 * mib}x5"},
-        {"series": f"dask_worker_memory_bytes{{{worker.format('below')}}}", "values": f"{600 * mib}x5"},
+        {
+            "series": f"dask_worker_memory_bytes{{{worker.format('above')}}}",
+            "values": f"{700 * mib}x5",
+        },
+        {
+            "series": f"dask_worker_memory_bytes{{{worker.format('below')}}}",
+            "values": f"{600 * mib}x5",
+        },
     ]
     expected = [
         {
@@ -182,7 +198,9 @@ def test_rules_of_a_second_release_pick_only_its_own_pods(
         }
         for release in ("tpot", "tpot-canary")
     ]
-    expected = [{"labels": '{namespace="tpot", pod="tpot-canary-backend-6b7c8d9f5-q4r8s"}', "value": 50}]
+    expected = [
+        {"labels": '{namespace="tpot", pod="tpot-canary-backend-6b7c8d9f5-q4r8s"}', "value": 50}
+    ]
     test = _expr_test(_alert(groups, "TpotJobQueueBackingUp"), series, "2m", expected)
     (tmp_path / "release-test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
 
@@ -205,6 +223,7 @@ def test_local_mode_renders_no_scheduler_connection_alert(helm_bin: str) -> None
     auto = artifacts.rule_groups({"tpot.parallelMode": "auto"})
 
     assert "TpotBackendSchedulerDisconnected" not in {a["alert"] for a in artifacts.alerts(local)}
-    assert "run locally until it" in _alert(auto, "TpotBackendSchedulerDisconnected")["annotations"][
-        "description"
-    ]
+    assert (
+        "run locally until it"
+        in _alert(auto, "TpotBackendSchedulerDisconnected")["annotations"]["description"]
+    )
