@@ -7,6 +7,7 @@ what a single host cannot provide is translated, and each translation is explici
 * Container ports become free loopback ports, one set per pod, so two workers can share the host.
 * Volume mount paths become folders under a work directory (emptyDir per pod, claims shared by name).
 * Downward-API fields become the values a pod would see (pod name, namespace, 127.0.0.1 as pod IP).
+* Listen addresses 0.0.0.0 become 127.0.0.1.
 
 Init containers run first, in order, exactly as the kubelet would run them. Readiness is decided by the
 rendered readiness probes, so a probe on a path that does not exist stops the start-up with an error.
@@ -147,6 +148,26 @@ class LocalStack:
                 os.killpg(process.popen.pid, signal.SIGKILL)
                 process.popen.wait()
 
+    def run_pod(self, pod_object: dict[str, Any], *, timeout_seconds: float = 300) -> LocalProcess:
+        """Run a rendered Pod (a `helm test` hook) to completion against the running stack."""
+        pod = _Pod(
+            name=pod_object["metadata"]["name"],
+            component=pod_object["metadata"].get("labels", {}).get(COMPONENT_LABEL, "pod"),
+            spec=pod_object["spec"],
+        )
+        self._plan_ports(pod, first_replica=False)
+        self._plan_volumes(pod)
+        for container in pod.spec.get("initContainers", []):
+            self._run_init(pod, container)
+        process = self._translate(pod, pod.spec["containers"][0])
+        process.popen = self._spawn(process)
+        try:
+            process.popen.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.popen.pid, signal.SIGKILL)
+            process.popen.wait()
+        return process
+
     def by_component(self, component: str) -> list[LocalProcess]:
         return [p for p in self.processes if p.component == component]
 
@@ -228,14 +249,28 @@ class LocalStack:
             reverse=True,
         )
 
+        def to_loopback(match: re.Match[str]) -> str:
+            # A Service name is an address only with a port after it or as a cluster DNS name; the
+            # same word alone may be a command (`tpot-backend`).
+            address = match[0]
+            followed_by_port = match.string[match.end() : match.end() + 1] == ":"
+            return "127.0.0.1" if followed_by_port or ".svc" in address else address
+
         def translate(text: str) -> str:
             if self._hosts is not None:
-                text = self._hosts.sub("127.0.0.1", text)
+                text = self._hosts.sub(to_loopback, text)
+            # Listen on loopback only: nothing here should be reachable from other hosts.
+            text = "127.0.0.1" if text == "0.0.0.0" else text
             text = re.sub(
                 r"(?<=:)(\d{2,5})\b", lambda m: str(pod.port_map.get(int(m[1]), m[1])), text
             )
-            for mount_path, local in mounts:
-                text = re.sub(rf"(?<![\w/]){re.escape(mount_path)}(?=/|$|\s|:)", str(local), text)
+            if mounts:
+                # One pass, longest mount first, so a path already translated is never translated again.
+                alternatives = "|".join(re.escape(path) for path, _ in mounts)
+                local_of = dict(mounts)
+                text = re.sub(
+                    rf"(?<![\w/])({alternatives})(?=/|$|\s|:)", lambda m: str(local_of[m[1]]), text
+                )
             return text
 
         env: dict[str, str] = {}
