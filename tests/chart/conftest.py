@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -130,8 +131,6 @@ def _start_checkov(name: str, values_files: tuple[Path, ...], workdir: Path) -> 
         "--quiet",
         # Offline: no download of guidelines or policies from the vendor's service.
         "--skip-download",
-        "--skip-check",
-        ",".join(checkov_skips()),
     ]
     for path in values_files:
         args += ["--var-file", str(path)]
@@ -162,6 +161,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if scan.process.poll() is None:
             os.killpg(scan.process.pid, signal.SIGKILL)
             scan.process.wait()
+        shutil.rmtree(scan.output_path.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
