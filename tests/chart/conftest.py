@@ -84,7 +84,7 @@ def load_values(*paths: Path) -> dict[str, Any]:
     return values
 
 
-# -- checkov in the background -------------------------------------------------------------
+# -- checkov in the background -----
 
 
 @dataclass

@@ -81,7 +81,7 @@ def _pod_labels(pod: dict[str, Any]) -> dict[str, str]:
     return dict(pod["metadata"].get("labels") or {})
 
 
-# -- restricted Pod Security Standard ---------------------------------------------------------------
+# -- restricted Pod Security Standard -----
 
 
 def test_every_pod_meets_the_restricted_pod_security_standard(manifests: list[dict]) -> None:
@@ -140,7 +140,7 @@ def test_writable_paths_are_emptydir_or_claims_and_tmp_is_one_of_them(
             assert {"name": "HOME", "value": "/tmp"} in item["env"]
 
 
-# -- resources, probes, images, labels -------------------------------------------------------------
+# -- resources, probes, images, labels -----
 
 
 def test_every_container_has_cpu_and_memory_requests_and_limits(manifests: list[dict]) -> None:
@@ -246,7 +246,7 @@ def test_every_service_selects_one_deployment_and_targets_its_named_ports(
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
 
 
-# -- network policies -------------------------------------------------------------------------------
+# -- network policies -----
 
 
 def test_a_default_deny_policy_selects_every_pod_of_the_release(manifests: list[dict]) -> None:
@@ -351,7 +351,7 @@ def test_extra_egress_rules_reach_only_the_component_they_are_for() -> None:
     assert not any(_ports(r) == {5432} for r in _rules(rendered, "worker", "egress"))
 
 
-# -- RBAC and tokens --------------------------------------------------------------------------------
+# -- RBAC and tokens -----
 
 
 def test_no_rbac_wildcards_and_nothing_cluster_scoped_but_the_priority_class(
@@ -397,7 +397,7 @@ def test_each_component_runs_under_its_own_service_account(
     }
 
 
-# -- reliability ----------------------------------------------------------------------------------
+# -- reliability -----
 
 
 def test_worker_disruption_budget_always_allows_one_eviction(manifests: list[dict]) -> None:
@@ -444,7 +444,7 @@ def test_worker_memory_request_equals_limit_and_sits_above_dask_memory_limit(
     assert int(limit.removesuffix("Mi")) > values["tpot"]["memoryLimitMb"]
 
 
-# -- invalid values --------------------------------------------------------------------------------
+# -- invalid values -----
 
 
 def _expectations(path: Path) -> list[str]:
@@ -481,7 +481,7 @@ def test_invalid_values_are_refused_by_helm_install_too(helm_bin: str) -> None:
     assert "replicaz" in refused.value.stderr
 
 
-# -- checkov ----------------------------------------------------------------------------------------
+# -- checkov -----
 
 
 @pytest.mark.parametrize("scan_name", sorted(CHECKOV_SCANS))

@@ -4,12 +4,15 @@ chart declares; rendered commands, ports and environment follow docs/architectur
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
@@ -61,7 +64,7 @@ KUBE_VERSIONS = _kube_versions_in_range()
 OLDEST_AND_NEWEST = sorted({KUBE_VERSIONS[0], KUBE_VERSIONS[-1]}) if KUBE_VERSIONS else []
 
 
-# -- lint, template, schema validation ----------------------------------------------------------
+# -- lint, template, schema validation -----
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -103,9 +106,21 @@ def test_kube_version_below_the_declared_range_is_refused(helm_bin: str) -> None
         render(kube_version=f"1.{oldest_minor - 1}.0")
 
 
+@pytest.fixture(scope="module")
+def cached_kubernetes_schemas() -> Iterator[None]:
+    """kubernetes-validate parses its 1.8 MB definitions file again for every object (~65 ms);
+    keep each parsed schema file for the module instead. Validation itself is unchanged."""
+    original = kubernetes_validate.utils.schema_contents
+    kubernetes_validate.utils.schema_contents = functools.cache(original)
+    try:
+        yield
+    finally:
+        kubernetes_validate.utils.schema_contents = original
+
+
 @pytest.mark.parametrize("kube_version", OLDEST_AND_NEWEST)
 def test_every_object_is_valid_kubernetes_at_the_oldest_and_newest_declared_version(
-    value_set: str, kube_version: str, helm_bin: str
+    value_set: str, kube_version: str, helm_bin: str, cached_kubernetes_schemas: None
 ) -> None:
     rendered = render(
         VALUE_SETS[value_set], api_versions=MONITORING_APIS, kube_version=kube_version
@@ -157,7 +172,7 @@ def test_prometheus_rule_names_groups_once_and_each_rule_once(manifests: list[di
         assert all(names)
 
 
-# -- monitoring objects follow the CRDs the cluster has --------------------------------------------
+# -- monitoring objects follow the CRDs the cluster has -----
 
 
 def test_operator_objects_render_only_when_their_crd_exists(helm_bin: str) -> None:
@@ -219,7 +234,7 @@ def test_grafana_dashboard_configmap_carries_the_file_unchanged_with_the_sidecar
     assert config_map["metadata"]["annotations"] == {"grafana_folder": "TPOT"}
 
 
-# -- commands, ports and environment as docs/architecture.md has them ----------------------
+# -- commands, ports and environment as docs/architecture.md has them -----
 
 
 def test_scheduler_runs_the_documented_command_on_the_documented_ports(
