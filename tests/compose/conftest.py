@@ -1,8 +1,8 @@
 """Fixtures of the compose tier: the image, and one compose project per test module.
 
-The project runs docker-compose.tpot.yml plus tests/compose/docker-compose.test.yml (a second backend
-in `distributed` mode) under a unique project name, on free ports of 127.0.0.1, and is always taken
-down with `down -v`, whatever the tests did.
+The project runs docker-compose.tpot.yml plus tests/compose/docker-compose.test.yml (a second
+backend in `distributed` mode) under a unique project name, on free ports of 127.0.0.1, and is
+always taken down with `down -v`, whatever the tests did.
 """
 
 from __future__ import annotations
@@ -50,13 +50,22 @@ class ComposeStack:
 
     # -- compose and docker ----------------------------------------------------------------------
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
-        command = [str(image.COMPOSE_BIN), "--project-name", self.project,
-                   "--project-directory", str(image.REPO_ROOT)]
+        command = [
+            str(image.COMPOSE_BIN),
+            "--project-name",
+            self.project,
+            "--project-directory",
+            str(image.REPO_ROOT),
+        ]
         for path in self.compose_files:
             command += ["--file", str(path)]
         result = subprocess.run(
-            [*command, *args], capture_output=True, text=True, env=self.env,
-            timeout=timeout, check=False,
+            [*command, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -82,7 +91,7 @@ class ComposeStack:
         return json.loads(self.docker("inspect", container))[0]
 
     def scheduler_python(self, code: str) -> Any:
-        """Run `code` in the scheduler container with a Dask client `client`; returns its JSON print."""
+        """Run `code` in the scheduler container with a Dask `client`; returns its JSON output."""
         script = (
             "import json\nfrom distributed import Client\n"
             "client = Client('tcp://127.0.0.1:8786', timeout=10, set_as_default=False)\n"
@@ -126,7 +135,11 @@ class ComposeStack:
         return response.json()
 
     def wait_for_job(
-        self, job_id: str, backend: str = "backend", *, timeout_seconds: float = 240,
+        self,
+        job_id: str,
+        backend: str = "backend",
+        *,
+        timeout_seconds: float = 240,
         until: tuple[str, ...] = FINAL_STATUSES,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_seconds
@@ -178,10 +191,22 @@ def compose_stack(compose_image: str) -> Iterator[ComposeStack]:
     )
     started = time.monotonic()
     try:
-        stack.compose("up", "--detach", "--wait", "--wait-timeout", str(UP_TIMEOUT_SECONDS),
-                      "--pull", "never", "--no-build", timeout=UP_TIMEOUT_SECONDS + 60)
-        logger.info("event=compose_up project=%s elapsed_seconds=%.1f", stack.project,
-                    time.monotonic() - started)
+        stack.compose(
+            "up",
+            "--detach",
+            "--wait",
+            "--wait-timeout",
+            str(UP_TIMEOUT_SECONDS),
+            "--pull",
+            "never",
+            "--no-build",
+            timeout=UP_TIMEOUT_SECONDS + 60,
+        )
+        logger.info(
+            "event=compose_up project=%s elapsed_seconds=%.1f",
+            stack.project,
+            time.monotonic() - started,
+        )
         yield stack
     except BaseException:
         logger.error("event=compose_failed project=%s\n%s", stack.project, stack.logs())

@@ -1,4 +1,4 @@
-"""What the compose tier needs before `up`: a Docker engine, compose, a base image, the wheels, the image.
+"""What the compose tier needs before `up`: a Docker engine, compose, a base, wheels, the image.
 
 No image can be pulled on this project's CI (nor on air-gapped hosts), so the image is built from a
 locally made Debian base (`ci/build-base-image.sh`) and from wheels that pip on the host downloads
@@ -154,8 +154,19 @@ def ensure_wheelhouse() -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(partial),
-         "-r", str(LOCK), *BUILD_TOOL_PINS],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(partial),
+            "-r",
+            str(LOCK),
+            *BUILD_TOOL_PINS,
+        ],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -175,9 +186,19 @@ def ensure_wheelhouse() -> Path:
 
 
 def build_image(tag: str, *, base_image: str, offline: bool = True) -> float:
-    """`docker build` of backend/Dockerfile from the repository root; returns the seconds it took."""
-    command = ["docker", "build", "--rm", "--force-rm", "-f", str(DOCKERFILE), "-t", tag,
-               "--build-arg", f"BASE_IMAGE={base_image}"]
+    """`docker build` of backend/Dockerfile from the repository root; returns its seconds."""
+    command = [
+        "docker",
+        "build",
+        "--rm",
+        "--force-rm",
+        "-f",
+        str(DOCKERFILE),
+        "-t",
+        tag,
+        "--build-arg",
+        f"BASE_IMAGE={base_image}",
+    ]
     if offline:
         command += ["--build-arg", f"PIP_INSTALL_OPTIONS={OFFLINE_PIP_OPTIONS}"]
     command.append(str(REPO_ROOT))
@@ -186,13 +207,19 @@ def build_image(tag: str, *, base_image: str, offline: bool = True) -> float:
     BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
     with BUILD_LOG.open("w") as log:
         result = subprocess.run(
-            command, stdout=log, stderr=subprocess.STDOUT, env=docker_env(),
-            timeout=BUILD_TIMEOUT_SECONDS, check=False,
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=docker_env(),
+            timeout=BUILD_TIMEOUT_SECONDS,
+            check=False,
         )
     elapsed = time.monotonic() - started
     if result.returncode != 0:
         tail = "\n".join(BUILD_LOG.read_text().splitlines()[-25:])
-        raise RuntimeError(f"docker build failed after {elapsed:.0f} s (.cache/docker/build.log):\n{tail}")
+        raise RuntimeError(
+            f"docker build failed after {elapsed:.0f} s (.cache/docker/build.log):\n{tail}"
+        )
     logger.info("event=image_built image=%s base=%s elapsed_seconds=%.1f", tag, base_image, elapsed)
     return elapsed
 
@@ -200,7 +227,9 @@ def build_image(tag: str, *, base_image: str, offline: bool = True) -> float:
 def image_size_bytes(tag: str) -> int:
     out = subprocess.run(
         ["docker", "image", "inspect", tag, "--format", "{{.Size}}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return int(out.stdout.strip())
 
@@ -218,7 +247,9 @@ def prepare_image(tag: str | None = None, *, base_image: str | None = None) -> s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the tpot-backend image without pulling.")
     parser.add_argument("--tag", default=None, help="image tag (default tpot-backend:<appVersion>)")
-    parser.add_argument("--base", default=None, help=f"base image (default: build {LOCAL_BASE_IMAGE})")
+    parser.add_argument(
+        "--base", default=None, help=f"base image (default: build {LOCAL_BASE_IMAGE})"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
