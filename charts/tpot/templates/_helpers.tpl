@@ -247,7 +247,12 @@ prometheus.io/path: /metrics
 {{- default (printf "%s-api-token" (include "tpot.fullname" .)) .Values.backend.apiToken.existingSecret -}}
 {{- end -}}
 
-{{/* NetworkPolicy peer: pods of this release with one of the given components; takes (dict "context" $ "components" (list ...)). */}}
+{{/* Claim that holds the backend's data directory: the existing one, else the one the chart creates. */}}
+{{- define "tpot.backendClaimName" -}}
+{{- default (printf "%s-backend-data" (include "tpot.fullname" .)) .Values.backend.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* NetworkPolicy peer: this release's pods of the given components; (dict "context" $ "components" (list ...)). */}}
 {{- define "tpot.componentPeer" -}}
 - podSelector:
     matchLabels:
@@ -286,73 +291,11 @@ prometheus.io/path: /metrics
 {{- $text := toString . -}}
 {{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $text -}}
 {{- $unit := trimPrefix $number $text -}}
-{{- $perUnit := dict "" 0.00000095367431640625 "Ki" 0.0009765625 "Mi" 1.0 "Gi" 1024.0 "Ti" 1048576.0
-    "k" 0.00095367431640625 "M" 0.95367431640625 "G" 953.67431640625 "T" 953674.31640625 -}}
+{{- $perUnit := dict "" 0.00000095367431640625 "Ki" 0.0009765625 "Mi" 1.0 "Gi" 1024.0
+    "Ti" 1048576.0 "k" 0.00095367431640625 "M" 0.95367431640625 "G" 953.67431640625
+    "T" 953674.31640625 -}}
 {{- if not (hasKey $perUnit $unit) -}}
 {{- fail (printf "memory quantity %q: unit %q is not one of Ki, Mi, Gi, Ti, k, M, G, T" $text $unit) -}}
 {{- end -}}
 {{- mulf (float64 $number) (index $perUnit $unit) -}}
-{{- end -}}
-
-{{/* Cross-field checks the schema cannot express; each failure names the keys involved. */}}
-{{- define "tpot.validate" -}}
-{{- $daskMb := int .Values.tpot.memoryLimitMb -}}
-{{- $containerMb := include "tpot.workerContainerMemoryMb" . | int -}}
-{{- if and .Values.worker.containerMemoryLimitMb (le $containerMb $daskMb) -}}
-{{- fail (printf "worker.containerMemoryLimitMb (%d MiB) must be above tpot.memoryLimitMb (%d MiB): Dask's --memory-limit has to stay below the container limit, or the kernel kills the worker before Dask can spill or restart it" $containerMb $daskMb) -}}
-{{- end -}}
-{{- $workers := ternary .Values.worker.autoscaling.minReplicas .Values.worker.replicas .Values.worker.autoscaling.enabled | int -}}
-{{- $countKey := ternary "worker.autoscaling.minReplicas" "worker.replicas" .Values.worker.autoscaling.enabled -}}
-{{- if and .Values.worker.autoscaling.enabled (gt (int .Values.worker.autoscaling.minReplicas) (int .Values.worker.autoscaling.maxReplicas)) -}}
-{{- fail (printf "worker.autoscaling.minReplicas (%v) must not be above worker.autoscaling.maxReplicas (%v)" .Values.worker.autoscaling.minReplicas .Values.worker.autoscaling.maxReplicas) -}}
-{{- end -}}
-{{- with .Values.worker.podDisruptionBudget -}}
-{{- if .enabled -}}
-{{- $hasMin := not (kindIs "invalid" .minAvailable) -}}
-{{- $hasMax := not (kindIs "invalid" .maxUnavailable) -}}
-{{- if eq $hasMin $hasMax -}}
-{{- fail "worker.podDisruptionBudget: set exactly one of minAvailable and maxUnavailable (the other to null)" -}}
-{{- end -}}
-{{- if $hasMin -}}
-{{- if kindIs "string" .minAvailable -}}
-{{- if eq .minAvailable "100%" -}}
-{{- fail "worker.podDisruptionBudget.minAvailable \"100%\" can never be satisfied during a drain: no worker could ever be evicted" -}}
-{{- end -}}
-{{- else if ge (int .minAvailable) $workers -}}
-{{- fail (printf "worker.podDisruptionBudget.minAvailable (%v) must be below %s (%d): otherwise no worker can ever be evicted and node drains hang" .minAvailable $countKey $workers) -}}
-{{- end -}}
-{{- else if and (kindIs "string" .maxUnavailable) (eq .maxUnavailable "0%") -}}
-{{- fail "worker.podDisruptionBudget.maxUnavailable \"0%\" can never be satisfied during a drain: no worker could ever be evicted" -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-{{- if and .Values.monitoring.serviceMonitor.enabled .Values.monitoring.podMonitor.enabled -}}
-{{- fail "monitoring.serviceMonitor.enabled and monitoring.podMonitor.enabled are both true: every target would be scraped twice; enable one" -}}
-{{- end -}}
-{{- range $component := list "scheduler" "worker" -}}
-{{- range (index $.Values $component).extraArgs -}}
-{{- if regexMatch "^--(no-dashboard|dashboard-address|dashboard|port|host|worker-port|nanny-port|no-nanny|nthreads|nworkers|memory-limit|local-directory|name|scheduler-file)(=.*)?$" (toString .) -}}
-{{- fail (printf "%s.extraArgs: %q is set by the chart (ports, probes and memory depend on it); use the matching values key instead" $component .) -}}
-{{- end -}}
-{{- end -}}
-{{- end -}}
-{{- if and .Values.schedulerFile.existingClaim (not .Values.schedulerFile.enabled) -}}
-{{- fail "schedulerFile.existingClaim is set but schedulerFile.enabled is false: enable it or clear the claim" -}}
-{{- end -}}
-{{- if and .Values.backend.persistence.existingClaim (not .Values.backend.persistence.enabled) -}}
-{{- fail "backend.persistence.existingClaim is set but backend.persistence.enabled is false: enable it or clear the claim" -}}
-{{- end -}}
-{{- with .Values.backend.apiToken -}}
-{{- if and (or .value .existingSecret) (not .enabled) -}}
-{{- fail "backend.apiToken.value or backend.apiToken.existingSecret is set but backend.apiToken.enabled is false" -}}
-{{- end -}}
-{{- if and .value .existingSecret -}}
-{{- fail "backend.apiToken: set value or existingSecret, not both" -}}
-{{- end -}}
-{{- end -}}
-{{- $mayRunLocally := or (ne .Values.tpot.parallelMode "distributed") (lt (float64 .Values.tpot.distributedShare) 1.0) -}}
-{{- $backendMb := include "tpot.quantityMb" .Values.backend.resources.limits.memory | float64 -}}
-{{- if and $mayRunLocally (le $backendMb (float64 $daskMb)) -}}
-{{- fail (printf "backend.resources.limits.memory (%s) must be above tpot.memoryLimitMb (%d MiB) when jobs can run in the backend (tpot.parallelMode %s, tpot.distributedShare %v)" .Values.backend.resources.limits.memory $daskMb .Values.tpot.parallelMode .Values.tpot.distributedShare) -}}
-{{- end -}}
 {{- end -}}
