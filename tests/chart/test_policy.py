@@ -41,6 +41,8 @@ STANDARD_LABELS = (
     "app.kubernetes.io/managed-by",
     "helm.sh/chart",
 )
+# Pod templates carry all but helm.sh/chart (a new chart version alone must not restart pods).
+POD_LABELS = STANDARD_LABELS[:-1]
 SELECTOR_LABELS = {
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -206,12 +208,22 @@ def test_every_image_is_pinned_and_one_image_serves_every_container(manifests: l
 def test_every_object_and_pod_carries_the_standard_labels(manifests: list[dict]) -> None:
     unlabelled = [
         f"{describe(obj)} lacks {label}"
-        for obj in manifests + [pod for _, pod in pods(manifests)]
+        for obj in manifests
         for label in STANDARD_LABELS
         if label not in (obj.get("metadata", {}).get("labels") or {})
     ]
+    for owner, pod in pods(manifests):
+        labels = pod["metadata"].get("labels") or {}
+        unlabelled += [f"pods of {describe(owner)} lack {x}" for x in POD_LABELS if x not in labels]
 
     assert not unlabelled, "\n".join(unlabelled)
+
+
+def test_pod_templates_leave_out_the_chart_version_so_chart_releases_restart_nothing(
+    manifests: list[dict],
+) -> None:
+    for workload in objects(manifests, "Deployment"):
+        assert "helm.sh/chart" not in workload["spec"]["template"]["metadata"]["labels"]
 
 
 def test_selectors_use_only_name_instance_and_component(manifests: list[dict]) -> None:

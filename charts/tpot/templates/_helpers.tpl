@@ -38,6 +38,15 @@ app.kubernetes.io/managed-by: {{ .context.Release.Service }}
 helm.sh/chart: {{ include "tpot.chart" .context }}
 {{- end -}}
 
+{{/* Pod template labels: all but helm.sh/chart, so a chart-only release does not restart the scheduler
+(and fail every running job); takes (dict "context" $ "component" "scheduler"). */}}
+{{- define "tpot.podLabels" -}}
+{{ include "tpot.selectorLabels" . }}
+app.kubernetes.io/version: {{ .context.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: {{ include "tpot.name" .context }}
+app.kubernetes.io/managed-by: {{ .context.Release.Service }}
+{{- end -}}
+
 {{/* Labels that pick every pod of this release (the default-deny NetworkPolicy uses them). */}}
 {{- define "tpot.releaseSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "tpot.name" . }}
