@@ -370,3 +370,24 @@ def test_failing_tasks_fire_task_failure_alert_while_health_alerts_stay_quiet(
     assert firing[0]["metric"]["pod"] == "tpot-scheduler-0"
     active = {a["labels"]["alertname"] for a in prometheus.api("alerts")["alerts"]}
     assert active & HEALTHY_QUIET == set()
+
+
+def test_a_worker_killed_and_restarted_by_its_nanny_shows_as_restart_and_removal(
+    prometheus: Prometheus, client: Any
+) -> None:
+    (worker_pid,) = client.run(os.getpid).values()
+    before = prometheus.query('dask_scheduler_workers_removed_total{pod="tpot-scheduler-0"}')
+
+    os.kill(worker_pid, signal.SIGKILL)
+
+    restarted = prometheus.wait_until(
+        'changes(process_start_time_seconds{pod="tpot-worker-1"}[5m]) >= 1', timeout_seconds=60
+    )
+    removed = prometheus.wait_until(
+        'dask_scheduler_workers_removed_total{pod="tpot-scheduler-0"} >= '
+        f"{float(before[0]['value'][1]) + 1}",
+        timeout_seconds=30,
+    )
+    assert restarted and removed
+    client.wait_for_workers(1, timeout=60)
+    assert next(iter(client.run(os.getpid).values())) != worker_pid
