@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness.helm import MONITORING_APIS, render
+from tests.harness.helm import ENVIRONMENTS, MONITORING_APIS, render
 from tests.monitoring import artifacts
 
 pytestmark = pytest.mark.monitoring
@@ -66,18 +66,23 @@ def _alert(groups: dict[str, Any], name: str) -> dict[str, Any]:
     return found[0]
 
 
-def test_rendered_rules_pass_promtool_check(
-    default_groups: dict[str, Any], promtool_bin: str, tmp_path: Path
+@pytest.mark.parametrize("environment", sorted(ENVIRONMENTS))
+def test_rendered_rules_pass_promtool_check_in_every_environment(
+    environment: str, helm_bin: str, promtool_bin: str, tmp_path: Path
 ) -> None:
-    rules = _write_rules(tmp_path, default_groups)
+    manifests = render(
+        ENVIRONMENTS[environment],
+        set_values={"monitoring.prometheusRule.enabled": True},
+        api_versions=MONITORING_APIS,
+    )
+    (rule,) = [m for m in manifests if m["kind"] == "PrometheusRule"]
+    rules = _write_rules(tmp_path, rule["spec"])
 
     result = _promtool(promtool_bin, "check", "rules", str(rules), cwd=tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (
-        f"SUCCESS: {sum(len(g['rules']) for g in default_groups['groups'])} rules found"
-        in result.stdout
-    )
+    count = sum(len(group["rules"]) for group in rule["spec"]["groups"])
+    assert f"SUCCESS: {count} rules found" in result.stdout
 
 
 def test_every_alert_fires_and_stays_quiet_as_the_unit_tests_expect(
