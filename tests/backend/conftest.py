@@ -186,14 +186,15 @@ class BackendServer:
             kill_process_group(self.process)
 
     def stop(self) -> None:
-        """SIGTERM, as Kubernetes does; SIGKILL if it does not exit in time."""
+        """SIGTERM to the main process, as Kubernetes does; SIGKILL if it does not exit in time."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=40)
         except subprocess.TimeoutExpired:
-            kill_process_group(self.process)
+            pass
+        kill_process_group(self.process)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

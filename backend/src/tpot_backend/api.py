@@ -68,9 +68,12 @@ def _error_response(
 class BodySizeLimit:
     """Stops reading a request body once it passes the limit (for bodies without Content-Length)."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, path_prefix: str = "/v1/jobs") -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, limit_mb: int, path_prefix: str = "/v1/jobs"
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.limit_mb = limit_mb
         self.path_prefix = path_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,7 +82,7 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = _error_response(413, "upload_too_large", self._message())
+            response = _error_response(413, "upload_too_large", self._message(), "file")
             await response(scope, receive, send)
             return
         received = 0
@@ -96,7 +99,7 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
     def _message(self) -> str:
-        return f"the upload is larger than the limit of {self.max_bytes // 2**20} MiB"
+        return f"the upload is larger than the limit of {self.limit_mb} MiB"
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -167,7 +170,7 @@ def create_app(
         lifespan=lifespan,
     )
     max_body = settings.limits.max_upload_mb * 2**20 + MULTIPART_OVERHEAD_BYTES
-    app.add_middleware(BodySizeLimit, max_bytes=max_body)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body, limit_mb=settings.limits.max_upload_mb)
 
     def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],

@@ -233,6 +233,12 @@ class TpotClientBridge:
                 )
 
     @property
+    def data_keys(self) -> list[str]:
+        """Keys of the dataset objects this job shipped, in the order TPOT scattered them."""
+        with self._lock:
+            return [str(future.key) for future in self._data_futures]
+
+    @property
     def scheduler_lost(self) -> bool:
         if (
             self._connection_losses is not None

@@ -376,6 +376,8 @@ class ClusterConnection:
     def _mark_connected(self, client: Client) -> None:
         try:
             identity = client.scheduler_info(n_workers=-1)
+            # A restarted scheduler has forgotten the plugin; registering again is harmless.
+            client.register_plugin(BackendWorkerPlugin(), name=BackendWorkerPlugin.name)
         except Exception as error:  # the scheduler vanished again between connect and identify
             self._mark_lost(f"{type(error).__name__}: {error}")
             return

@@ -198,6 +198,7 @@ class JobExecutor:
             raise
         address = client.scheduler.address
         outcome.scheduler = address
+        self.connection.check_worker_memory(client)
         if on_mode:
             on_mode("distributed", address)
 
