@@ -6,9 +6,9 @@ import io
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import joblib
+import pandas as pd
 import pytest
 
 from tests.backend.conftest import StartBackend, write_classification_csv
@@ -75,9 +75,7 @@ def test_job_over_http_runs_on_the_cluster_and_serves_its_model(
     _assert_no_job_id_in_labels(metrics, job_id)
 
 
-def _features(path: Path) -> Any:
-    import pandas as pd
-
+def _features(path: Path) -> pd.DataFrame:
     return pd.read_csv(path).drop(columns=["label"])
 
 
@@ -198,7 +196,9 @@ def test_every_bad_input_answers_4xx_with_a_json_reason_and_the_service_stays_up
     assert missing_target.status_code == 422 and missing_target.json()["field"] == "target"
     assert server.http.get("/v1/jobs/nope").status_code == 404
 
-    accepted = server.submit(tmp_path / "good.csv", target="label")
+    parquet = tmp_path / "good.parquet"
+    pd.read_csv(tmp_path / "good.csv").to_parquet(parquet)
+    accepted = server.submit(parquet, target="label")
     assert accepted.status_code == 202, accepted.text
     assert server.http.get("/v1/jobs").json()["jobs"][0]["id"] == accepted.json()["id"]
     uploads = list((Path(env["TPOT_DATA_DIR"]) / "uploads").iterdir())

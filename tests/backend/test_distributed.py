@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from tpot_backend.config import Settings
 from tpot_backend.datasets import prepare_training_data
 from tpot_backend.runner import JobParams, run_search
 
-from tests.backend.conftest import MEMORY_LIMIT_MB, run_backend
+from tests.backend.conftest import MEMORY_LIMIT_MB, StartBackend, run_backend
 from tests.harness.dask_cluster import DaskCluster
 
 pytestmark = pytest.mark.backend
@@ -92,11 +93,22 @@ def test_job_runs_distributed_and_its_tasks_ran_on_the_cluster_workers(
         f"tpot-data-{report['id']}-1": 1,
     }
 
+    assert not [e for e in result.events if e["event"] == "worker_memory_limit_mismatch"]
+    # The backend's worker plugin switched TPOT's version check off on the cluster's workers.
+    checks = observer.run(_update_check_name)
+    assert set(checks.values()) == {"_no_update_check"}
+
     model = joblib.load(report["model_path"])
     features = pd.read_csv(
         Path(__file__).resolve().parents[2] / "backend/src/tpot_backend/data/breast_cancer.csv"
     ).drop(columns=["diagnosis"])
     assert set(np.unique(model.predict(features.head(50)))) <= {0, 1}
+
+
+def _update_check_name() -> str:
+    import update_checker
+
+    return str(update_checker.update_check.__name__)
 
 
 def _wide_table(rows: int, features: int) -> pd.DataFrame:
@@ -162,3 +174,23 @@ def test_dataset_goes_to_the_cluster_once_per_job_not_once_per_evaluation(
         f"tpot-data-{job_id}-0": 1,
         f"tpot-data-{job_id}-1": 1,
     }
+
+
+def test_worker_memory_limit_different_from_the_backend_setting_is_logged_loudly(
+    shared_cluster: DaskCluster, backend_env: dict[str, str], start_backend: StartBackend
+) -> None:
+    env = {
+        **backend_env,
+        "TPOT_PARALLEL_MODE": "distributed",
+        "DASK_SCHEDULER_ADDRESS": shared_cluster.address,
+        "TPOT__MEMORY_LIMIT_MB": "2048",
+    }
+    server = start_backend(env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not server.events("worker_memory_limit_mismatch"):
+        time.sleep(0.3)
+
+    mismatches = server.events("worker_memory_limit_mismatch")
+    assert mismatches, server.logs()[-3000:]
+    assert mismatches[0]["level"] == "ERROR" and mismatches[0]["expected_mb"] == 2048
+    assert mismatches[0]["workers"] == {"worker-0": MEMORY_LIMIT_MB, "worker-1": MEMORY_LIMIT_MB}

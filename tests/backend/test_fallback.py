@@ -53,6 +53,8 @@ def test_auto_without_scheduler_falls_back_to_local_within_its_wait_budget(
     waited = _at(result.events, "job_fell_back_to_local") - _at(result.events, "job_started")
     assert waited.total_seconds() <= WAIT_SECONDS + 1.5
     assert any(e["event"] == "scheduler_retry" for e in result.events)
+    # Read-only root filesystem in Kubernetes: nothing may be written to the home directory.
+    assert list(Path(env["HOME"]).iterdir()) == []
 
 
 def test_distributed_without_scheduler_fails_the_job_with_a_clear_reason(

@@ -106,6 +106,8 @@ class JobExecutor:
         started = time.monotonic()
         outcome = JobOutcome(status="failed")
         mode: str | None = None
+        if self.settings.parallel_mode == "local":
+            arm = "local"  # queued under another configuration; local mode has no cluster
         try:
             frame = read_table(dataset_path)
             data = prepare_training_data(
