@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster
 from distributed.core import rpc
 
@@ -35,6 +36,9 @@ from tpot_backend.runtime import BackendWorkerPlugin, prepare_process
 logger = logging.getLogger(__name__)
 
 WATCH_INTERVAL_SECONDS = 0.25
+# TPOT's own choice for the clusters it builds: a task that killed two workers is given up
+# (a failed evaluation) instead of killing worker after worker.
+LOCAL_SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": 1}
 
 
 class SchedulerUnavailable(RuntimeError):
@@ -447,15 +451,16 @@ class ClusterConnection:
                 return client
             prepare_process()
             started = time.monotonic()
-            cluster = LocalCluster(
-                n_workers=self.settings.local_workers,
-                threads_per_worker=1,
-                processes=True,
-                memory_limit=f"{self.settings.memory_limit_mb}MiB",
-                dashboard_address=None,
-                host="127.0.0.1",
-                silence_logs=logging.ERROR,
-            )
+            with dask.config.set(LOCAL_SCHEDULER_CONFIG):
+                cluster = LocalCluster(
+                    n_workers=self.settings.local_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    memory_limit=f"{self.settings.memory_limit_mb}MiB",
+                    dashboard_address=None,
+                    host="127.0.0.1",
+                    silence_logs=logging.ERROR,
+                )
             client = Client(cluster, set_as_default=False)
             client.register_plugin(BackendWorkerPlugin(), name=BackendWorkerPlugin.name)
             self._local_cluster, self._local_client = cluster, client

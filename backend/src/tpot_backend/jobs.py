@@ -579,6 +579,7 @@ class JobService:
                 with self._lock:
                     ids = list(self._running)
                 self.store.heartbeat(ids, self.owner)
+                self._apply_cancel_requests(ids)
                 if time.monotonic() - last_reap > REAP_SECONDS:
                     last_reap = time.monotonic()
                     if self.recover():
@@ -587,6 +588,19 @@ class JobService:
                 self._refresh_queue_gauge()
             except Exception as error:
                 event(logger, "housekeeping_failed", logging.ERROR, error=str(error))
+
+    def _apply_cancel_requests(self, running_ids: list[str]) -> None:
+        """Cancel requests may arrive through another backend sharing the database."""
+        for job_id in running_ids:
+            record = self.store.get(job_id)
+            if record is not None and record.cancel_requested:
+                with self._lock:
+                    cancel = self._running.get(job_id)
+                    bridge = self._bridges.get(job_id)
+                if cancel is not None and not cancel.is_set():
+                    cancel.set()
+                    if bridge is not None:
+                        bridge.cancel()
 
     def _refresh_queue_gauge(self) -> None:
         try:

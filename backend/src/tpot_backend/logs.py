@@ -104,6 +104,9 @@ def _text_value(value: Any) -> str:
 
 def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     """Send every log record of the process to stderr, one formatted line each."""
+    # Importing distributed installs Dask's own handlers; import it first so they are replaced.
+    import distributed  # noqa: F401
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
 
