@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import joblib
@@ -171,6 +172,29 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, Path, dict[str, str], int, st
     ]
 
 
+def _chunked_multipart(
+    path: Path, fields: dict[str, str]
+) -> tuple[dict[str, str], Iterator[bytes]]:
+    """A multipart upload sent without Content-Length (chunked), as streaming clients do."""
+    boundary = "tpot-test-boundary"
+
+    def body() -> Iterator[bytes]:
+        for name, value in fields.items():
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+            ).encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="{path.name}"\r\nContent-Type: text/csv\r\n\r\n'
+        ).encode()
+        with path.open("rb") as handle:
+            while chunk := handle.read(64 * 1024):
+                yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}, body()
+
+
 def test_every_bad_input_answers_4xx_with_a_json_reason_and_the_service_stays_up(
     backend_env: dict[str, str], start_backend: StartBackend, tmp_path: Path
 ) -> None:
@@ -187,6 +211,10 @@ def test_every_bad_input_answers_4xx_with_a_json_reason_and_the_service_stays_up
         assert body["field"] == field, (what, body)
         assert words in body["message"], (what, body)
         assert server.http.get("/healthz").status_code == 200, what
+
+    headers, body = _chunked_multipart(tmp_path / "large.csv", {"target": "label"})
+    chunked = server.http.post("/v1/jobs", headers=headers, content=body)
+    assert chunked.status_code == 413 and chunked.json()["field"] == "file", chunked.text
 
     missing_file = server.http.post("/v1/jobs", data={"target": "label"})
     assert missing_file.status_code == 422 and missing_file.json()["field"] == "file"

@@ -14,6 +14,8 @@ from tests.harness.dask_cluster import free_port
 pytestmark = pytest.mark.backend
 
 WAIT_SECONDS = 4.0
+# Start-up of the local cluster is not part of the wait; this covers a loaded CI machine.
+SLACK_SECONDS = 3.0
 TINY_RUN = [
     "run",
     "bundled",
@@ -51,7 +53,7 @@ def test_auto_without_scheduler_falls_back_to_local_within_its_wait_budget(
     assert report["arm"] == "distributed" and report["mode"] == "local"
     assert report["fallback_reason"] == "scheduler_unreachable"
     waited = _at(result.events, "job_fell_back_to_local") - _at(result.events, "job_started")
-    assert waited.total_seconds() <= WAIT_SECONDS + 1.5
+    assert waited.total_seconds() <= WAIT_SECONDS + SLACK_SECONDS
     assert any(e["event"] == "scheduler_retry" for e in result.events)
     # Read-only root filesystem in Kubernetes: nothing may be written to the home directory.
     assert list(Path(env["HOME"]).iterdir()) == []
@@ -77,7 +79,7 @@ def test_distributed_without_scheduler_fails_the_job_with_a_clear_reason(
     assert report["fallback_reason"] is None
     assert not any(e["event"] == "job_attempt_started" for e in result.events)
     waited = _at(result.events, "job_finished") - _at(result.events, "job_started")
-    assert waited.total_seconds() <= WAIT_SECONDS + 1.5
+    assert waited.total_seconds() <= WAIT_SECONDS + SLACK_SECONDS
 
 
 def test_distributed_with_a_missing_scheduler_file_fails_instead_of_waiting_forever(

@@ -86,17 +86,30 @@ class BodySizeLimit:
             await response(scope, receive, send)
             return
         received = 0
+        too_large = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise ApiError(413, "upload_too_large", self._message(), "file")
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            if not too_large:  # the answer to an oversized body is ours, not the app's
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large:
+            response = _error_response(413, "upload_too_large", self._message(), "file")
+            await response(scope, receive, send)
 
     def _message(self) -> str:
         return f"the upload is larger than the limit of {self.limit_mb} MiB"
