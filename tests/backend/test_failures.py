@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,13 @@ from tpot_backend.config import Settings
 from tpot_backend.datasets import bundled_dataset_path, prepare_training_data, read_table
 from tpot_backend.runner import JobParams, SearchResult, run_search
 
-from tests.backend.conftest import MEMORY_LIMIT_MB, backend_command, parse_events
+from tests.backend.conftest import (
+    MEMORY_LIMIT_MB,
+    BackendServer,
+    StartBackend,
+    backend_command,
+    parse_events,
+)
 from tests.backend.memory_hog import MemoryHog, SlowClassifier
 from tests.harness.dask_cluster import DaskCluster
 
@@ -237,3 +244,42 @@ def test_scheduler_lost_mid_job_in_distributed_fails_the_job_with_the_reason(
     assert report["status"] == "failed" and report["mode"] == "distributed"
     assert "scheduler" in report["error"] and "lost" in report["error"]
     assert [e["mode"] for e in events if e["event"] == "job_attempt_started"] == ["distributed"]
+
+
+def test_backend_reconnects_after_the_scheduler_restarts_and_runs_the_next_job_there(
+    fresh_cluster: DaskCluster,
+    backend_env: dict[str, str],
+    start_backend: StartBackend,
+    small_csv: Path,
+) -> None:
+    env = {
+        **backend_env,
+        "TPOT_PARALLEL_MODE": "distributed",
+        "DASK_SCHEDULER_ADDRESS": fresh_cluster.address,
+        "TPOT_SCHEDULER_WAIT_SECONDS": "60",
+    }
+    server = start_backend(env)
+    _wait_ready(server, 200)
+
+    fresh_cluster.kill_scheduler()
+    _wait_ready(server, 503)
+    fresh_cluster.restart_scheduler()
+    fresh_cluster.restart_workers()  # as the kubelet restarts the worker containers
+    _wait_ready(server, 200)
+
+    job_id = server.submit(small_csv, target="label").json()["id"]
+    job = server.wait_for(job_id, {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job
+    assert job["mode"] == "distributed" and job["scheduler"] == fresh_cluster.address
+    assert len(server.events("scheduler_lost")) == 1
+    assert len(server.events("scheduler_connected")) == 2
+    assert "tpot_scheduler_connected 1.0" in server.http.get("/metrics").text
+
+
+def _wait_ready(server: BackendServer, status: int, timeout_seconds: float = 60) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if server.http.get("/readyz").status_code == status:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"/readyz never answered {status}:\n{server.logs()[-5000:]}")

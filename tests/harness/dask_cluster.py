@@ -207,6 +207,18 @@ class DaskCluster:
             self.kill_worker(index)
         self._spawn(self._workers[index])
 
+    def restart_workers(self, *, wait: bool = True) -> None:
+        """Start every worker again, as Kubernetes restarts worker containers that exited.
+
+        A Dask worker whose scheduler went away closes itself (`worker-handle-scheduler-
+        connection-broken`) and does not come back on its own; call this after
+        `restart_scheduler()`.
+        """
+        for index in range(self.n_workers):
+            self.restart_worker(index)
+        if wait:
+            self.wait_for_workers(self.n_workers)
+
     # -- observation -----------------------------------------------------------------------------
 
     @property
