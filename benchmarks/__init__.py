@@ -1,0 +1,4 @@
+"""Benchmarks of the TPOT stack: a script (`python -m benchmarks.run`), not a test.
+
+See docs/benchmarks.md.
+"""
