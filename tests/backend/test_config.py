@@ -18,29 +18,45 @@ from tests.harness.dask_cluster import DaskCluster
 pytestmark = pytest.mark.backend
 
 
-@pytest.mark.parametrize(
-    ("variable", "value", "accepted"),
-    [
-        ("TPOT_PARALLEL_MODE", "fast", "distributed, local, auto"),
-        ("TPOT__MEMORY_LIMIT_MB", "512", "from 1024"),
-        ("TPOT_DISTRIBUTED_SHARE", "1.5", "from 0.0 to 1.0"),
-        ("DASK_SCHEDULER_ADDRESS", "scheduler:8786", "tcp://HOST:PORT"),
-        ("TPOT_HTTP_PORT", "eighty", "an integer"),
-        ("TPOT_API_TOKEN", "short", "at least 16 characters"),
-        ("TPOT_MAX_CONCURRENT_JOBS", "0", "from 1"),
-        ("TPOT_DEFAULT_SCORING_CLASSIFICATION", "speed", "scorer name"),
-        ("TPOT_DATABASE_URL", "mysql://db/tpot", "postgresql"),
-    ],
-)
-def test_bad_setting_stops_start_up_with_one_line_naming_it(
-    backend_env: dict[str, str], variable: str, value: str, accepted: str
+BAD_SETTINGS = [
+    ("TPOT_PARALLEL_MODE", "fast", "distributed, local, auto"),
+    ("TPOT__MEMORY_LIMIT_MB", "512", "from 1024"),
+    ("TPOT_DISTRIBUTED_SHARE", "1.5", "from 0.0 to 1.0"),
+    ("DASK_SCHEDULER_ADDRESS", "scheduler:8786", "tcp://HOST:PORT"),
+    ("TPOT_HTTP_PORT", "eighty", "an integer"),
+    ("TPOT_API_TOKEN", "short", "at least 16 characters"),
+    ("TPOT_MAX_CONCURRENT_JOBS", "0", "from 1"),
+    ("TPOT_DEFAULT_SCORING_CLASSIFICATION", "speed", "scorer name"),
+    ("TPOT_DATABASE_URL", "mysql://db/tpot", "postgresql"),
+    ("TPOT_SCHEDULER_WAIT_SECONDS", "-1", "from 0.0"),
+    ("TPOT_LOG_FORMAT", "xml", "json, text"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value", "accepted"), BAD_SETTINGS)
+def test_bad_setting_is_rejected_with_a_message_naming_it_and_what_it_accepts(
+    variable: str, value: str, accepted: str
 ) -> None:
-    result = run_backend(["check-config"], {**backend_env, variable: value}, timeout_seconds=60)
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({variable: value})
+
+    message = str(raised.value)
+    assert variable in message and accepted in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config", "wait-for-scheduler", "run"])
+def test_bad_setting_stops_every_command_with_one_line_and_exit_code_2(
+    backend_env: dict[str, str], command: str
+) -> None:
+    args = [command] + (["bundled"] if command == "run" else [])
+
+    result = run_backend(args, {**backend_env, "TPOT_PARALLEL_MODE": "fast"}, timeout_seconds=60)
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert variable in lines[0] and accepted in lines[0]
+    assert "TPOT_PARALLEL_MODE='fast'" in lines[0] and "distributed, local, auto" in lines[0]
 
 
 def test_check_config_prints_resolved_settings_with_the_token_redacted(
