@@ -17,7 +17,7 @@ os.environ["PATH"] = f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def require_tool(name: str) -> str:
-    """Return the path of a command-line tool, or skip the test with one line saying what is missing."""
+    """Path of a command-line tool; otherwise skip the test with one line naming what is missing."""
     path = shutil.which(name)
     if path is None:
         pytest.skip(f"needs `{name}` on PATH (run `make bootstrap`)")

@@ -36,4 +36,6 @@ def test_backend_exact_pins_agree_with_the_lock() -> None:
     for requirement in project["dependencies"]:
         name, sep, version = requirement.partition("==")
         if sep:
-            assert pins[name.lower()] == version, f"{name}: pyproject {version}, lock {pins[name.lower()]}"
+            assert pins[name.lower()] == version, (
+                f"{name}: pyproject {version}, lock {pins[name.lower()]}"
+            )

@@ -1,9 +1,9 @@
 """`make demo`: the dev chart's own commands on this machine, one TPOT job, the result printed.
 
-Renders charts/tpot with values-dev.yaml using the real helm, starts the scheduler, the two workers and
-the backend exactly as those manifests command (see tests/harness/localstack.py for what is mapped to
-loopback), submits the bundled dataset, waits for the job and prints its summary. Everything it starts
-is stopped on exit, also on Ctrl-C.
+Renders charts/tpot with values-dev.yaml using the real helm, starts the scheduler, the two
+workers and the backend exactly as those manifests command (tests/harness/localstack.py says what
+is mapped to loopback), submits the bundled dataset, waits for the job and prints its summary.
+Everything it starts is stopped on exit, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ log = logging.getLogger("demo")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", type=int, default=2, help="TPOT generations (default 2)")
-    parser.add_argument("--population-size", type=int, default=6, help="TPOT population (default 6)")
+    parser.add_argument(
+        "--population-size", type=int, default=6, help="TPOT population (default 6)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -41,16 +43,32 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(stack.logs() + "\n")
                 raise
             backend = stack.url("backend", "http")
-            log.info("event=stack_ready elapsed_seconds=%.1f backend=%s dashboard=%s", time.monotonic()
-                     - started, backend, stack.url("scheduler", "dashboard") + "/status")
+            log.info(
+                "event=stack_ready elapsed_seconds=%.1f backend=%s dashboard=%s",
+                time.monotonic() - started,
+                backend,
+                stack.url("scheduler", "dashboard") + "/status",
+            )
 
             path, target = bundled_dataset()
-            job_id = submit_job(backend, path, target, generations=args.generations,
-                                population_size=args.population_size, random_state=42)
-            log.info("event=job_submitted job_id=%s dataset=%s target=%s", job_id, path.name, target)
+            job_id = submit_job(
+                backend,
+                path,
+                target,
+                generations=args.generations,
+                population_size=args.population_size,
+                random_state=42,
+            )
+            log.info(
+                "event=job_submitted job_id=%s dataset=%s target=%s", job_id, path.name, target
+            )
             job = wait_for_job(backend, job_id, timeout_seconds=900)
-            log.info("event=job_finished job_id=%s status=%s mode=%s", job_id, job["status"],
-                     job.get("mode"))
+            log.info(
+                "event=job_finished job_id=%s status=%s mode=%s",
+                job_id,
+                job["status"],
+                job.get("mode"),
+            )
 
     result = job.get("result") or {}
     summary = {

@@ -1,16 +1,16 @@
 """Run a rendered chart's scheduler, workers and backend as local processes.
 
-The commands, arguments and environment come from the Deployments that `helm template` rendered; only
-what a single host cannot provide is translated, and each translation is explicit:
+The commands, arguments and environment come from the Deployments that `helm template` rendered;
+only what a single host cannot provide is translated, and each translation is explicit:
 
 * Service host names (short and fully qualified) become 127.0.0.1.
 * Container ports become free loopback ports, one set per pod, so two workers can share the host.
-* Volume mount paths become folders under a work directory (emptyDir per pod, claims shared by name).
+* Volume mount paths become folders under a work directory (emptyDir per pod, claims by name).
 * Downward-API fields become the values a pod would see (pod name, namespace, 127.0.0.1 as pod IP).
 * Listen addresses 0.0.0.0 become 127.0.0.1.
 
-Init containers run first, in order, exactly as the kubelet would run them. Readiness is decided by the
-rendered readiness probes, so a probe on a path that does not exist stops the start-up with an error.
+Init containers run first, in order, as the kubelet would run them. Readiness is decided by the
+rendered readiness probes, so a probe on a path that does not exist stops the start-up.
 """
 
 from __future__ import annotations
@@ -186,12 +186,16 @@ class LocalStack:
         return [m for m in self.manifests if m.get("kind") == kind]
 
     def _service_host_pattern(self) -> re.Pattern[str] | None:
-        names = sorted((s["metadata"]["name"] for s in self._objects("Service")), key=len, reverse=True)
+        names = sorted(
+            (s["metadata"]["name"] for s in self._objects("Service")), key=len, reverse=True
+        )
         if not names:
             return None
         alternatives = "|".join(re.escape(n) for n in names)
-        # name, name.ns, name.ns.svc, name.ns.svc.<cluster domain>, not followed by more name characters.
-        return re.compile(rf"(?<![\w.-])(?:{alternatives})(?:\.[a-z0-9-]+(?:\.svc(?:\.[a-z0-9.-]+)?)?)?(?![\w-])")
+        # name, name.ns, name.ns.svc, name.ns.svc.<domain>, not followed by more name characters.
+        return re.compile(
+            rf"(?<![\w.-])(?:{alternatives})(?:\.[a-z0-9-]+(?:\.svc(?:\.[a-z0-9.-]+)?)?)?(?![\w-])"
+        )
 
     def _plan_pods(self) -> None:
         for service in self._objects("Service"):
@@ -206,7 +210,9 @@ class LocalStack:
             component = labels.get(COMPONENT_LABEL, deployment["metadata"]["name"])
             for index in range(int(deployment["spec"].get("replicas", 1))):
                 name = f"{deployment['metadata']['name']}-{index}"
-                pod = _Pod(name=name, component=component, spec=deployment["spec"]["template"]["spec"])
+                pod = _Pod(
+                    name=name, component=component, spec=deployment["spec"]["template"]["spec"]
+                )
                 self._plan_ports(pod, first_replica=index == 0)
                 self._plan_volumes(pod)
                 self._pods.append(pod)
@@ -215,8 +221,8 @@ class LocalStack:
             raise ValueError(f"rendered manifests have no Deployment for component(s): {missing}")
 
     def _plan_ports(self, pod: _Pod, *, first_replica: bool) -> None:
-        # The first replica keeps the Service's loopback port so Service addresses reach it;
-        # further replicas get their own ports (workers are reached through the scheduler, not a Service).
+        # The first replica keeps the Service's loopback port so Service addresses reach it; further
+        # replicas get their own ports (workers are reached through the scheduler, not a Service).
         for container in pod.spec["containers"] + pod.spec.get("initContainers", []):
             for port in container.get("ports", []):
                 number = int(port["containerPort"])
@@ -242,7 +248,10 @@ class LocalStack:
     def _translate(self, pod: _Pod, container: dict[str, Any]) -> LocalProcess:
         mounts = sorted(
             (
-                (m["mountPath"].rstrip("/") or "/", pod.volume_dirs[m["name"]] / m.get("subPath", ""))
+                (
+                    m["mountPath"].rstrip("/") or "/",
+                    pod.volume_dirs[m["name"]] / m.get("subPath", ""),
+                )
                 for m in container.get("volumeMounts", [])
             ),
             key=lambda item: len(item[0]),
@@ -265,7 +274,7 @@ class LocalStack:
                 r"(?<=:)(\d{2,5})\b", lambda m: str(pod.port_map.get(int(m[1]), m[1])), text
             )
             if mounts:
-                # One pass, longest mount first, so a path already translated is never translated again.
+                # One pass, longest mount first: a translated path is never translated again.
                 alternatives = "|".join(re.escape(path) for path, _ in mounts)
                 local_of = dict(mounts)
                 text = re.sub(
@@ -331,16 +340,24 @@ class LocalStack:
             }[field_path]
         if "secretKeyRef" in source:
             ref = source["secretKeyRef"]
-            return self._lookup("Secret", ref["name"], ref["key"], optional=ref.get("optional", False))
+            return self._lookup(
+                "Secret", ref["name"], ref["key"], optional=ref.get("optional", False)
+            )
         if "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
-            return self._lookup("ConfigMap", ref["name"], ref["key"], optional=ref.get("optional", False))
+            return self._lookup(
+                "ConfigMap", ref["name"], ref["key"], optional=ref.get("optional", False)
+            )
         if "resourceFieldRef" in source:
             return ""
         raise ValueError(f"unsupported valueFrom: {source}")
 
     def _env_from(self, source: dict[str, Any]) -> dict[str, str]:
-        kind, ref = ("Secret", source["secretRef"]) if "secretRef" in source else ("ConfigMap", source["configMapRef"])
+        kind, ref = (
+            ("Secret", source["secretRef"])
+            if "secretRef" in source
+            else ("ConfigMap", source["configMapRef"])
+        )
         obj = self._find(kind, ref["name"])
         return self._data(obj) if obj else {}
 
@@ -377,8 +394,12 @@ class LocalStack:
     def _spawn(self, process: LocalProcess) -> subprocess.Popen[bytes]:
         env = {**os.environ, **process.env}
         env["PATH"] = f"{self._bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-        log.info("event=process_start pod=%s container=%s argv=%s", process.pod, process.container,
-                 " ".join(process.argv))
+        log.info(
+            "event=process_start pod=%s container=%s argv=%s",
+            process.pod,
+            process.container,
+            " ".join(process.argv),
+        )
         handle = process.log_path.open("ab")
         try:
             return subprocess.Popen(
@@ -399,10 +420,13 @@ class LocalStack:
             code = popen.wait(timeout=self.ready_timeout_seconds)
         except subprocess.TimeoutExpired:
             os.killpg(popen.pid, signal.SIGKILL)
-            raise RuntimeError(f"init container {pod.name}/{process.container} did not finish") from None
+            raise RuntimeError(
+                f"init container {pod.name}/{process.container} did not finish"
+            ) from None
         if code != 0:
             raise RuntimeError(
-                f"init container {pod.name}/{process.container} exited {code}:\n{process.log_tail()}"
+                f"init container {pod.name}/{process.container} exited {code}:\n"
+                f"{process.log_tail()}"
             )
 
     def _launch(self, pod: _Pod, container: dict[str, Any]) -> None:
@@ -431,4 +455,6 @@ class LocalStack:
             except httpx.HTTPError as error:
                 last = type(error).__name__
             time.sleep(0.5)
-        raise TimeoutError(f"{process.pod}/{process.container}: {url} not ready ({last}):\n{process.log_tail()}")
+        raise TimeoutError(
+            f"{process.pod}/{process.container}: {url} not ready ({last}):\n{process.log_tail()}"
+        )

@@ -1,8 +1,8 @@
 """The kind tier: a real Kubernetes cluster from KUBECONFIG, or one that kind creates here.
 
-Order of preference: an existing cluster named by KUBECONFIG (pytest-helm-charts' `kube_cluster`
-fixture reads it); a kind cluster this harness creates when `kind` and a Docker engine exist; otherwise
-every test in the tier skips with one line saying why.
+Order of preference: an existing cluster named by KUBECONFIG (pytest-helm-charts'
+`kube_cluster` fixture reads it); a kind cluster this harness creates when `kind` and a Docker
+engine exist; otherwise every test in the tier skips with one line saying why.
 """
 
 from __future__ import annotations
@@ -52,16 +52,28 @@ def kind_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     kind = shutil.which("kind")
     if kind is None:
         pytest.skip("kind tier: no Kubernetes cluster here (KUBECONFIG unset and no `kind` binary)")
-    docker_ok = shutil.which("docker") and subprocess.run(
-        ["docker", "info"], capture_output=True
-    ).returncode == 0
+    docker_ok = (
+        shutil.which("docker")
+        and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    )
     if not docker_ok:
         pytest.skip("kind tier: `kind` needs a running Docker engine, and none answers")
 
     kubeconfig = str(tmp_path_factory.mktemp("kind") / "kubeconfig")
     created = subprocess.run(
-        [kind, "create", "cluster", "--name", KIND_CLUSTER_NAME, "--kubeconfig", kubeconfig,
-         "--config", str(REPO_ROOT / "ci" / "kind-config.yaml"), "--wait", "180s"],
+        [
+            kind,
+            "create",
+            "cluster",
+            "--name",
+            KIND_CLUSTER_NAME,
+            "--kubeconfig",
+            kubeconfig,
+            "--config",
+            str(REPO_ROOT / "ci" / "kind-config.yaml"),
+            "--wait",
+            "180s",
+        ],
         capture_output=True,
         text=True,
     )
@@ -72,7 +84,9 @@ def kind_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _load_image(kind)
         yield kubeconfig
     finally:
-        subprocess.run([kind, "delete", "cluster", "--name", KIND_CLUSTER_NAME], capture_output=True)
+        subprocess.run(
+            [kind, "delete", "cluster", "--name", KIND_CLUSTER_NAME], capture_output=True
+        )
 
 
 def _load_image(kind: str) -> None:

@@ -1,4 +1,4 @@
-"""Install every environment's values on a real cluster, run `helm test`, submit a job, uninstall."""
+"""Install each environment on a real cluster, run `helm test`, submit a job, uninstall."""
 
 from __future__ import annotations
 
@@ -39,17 +39,38 @@ def release(request: pytest.FixtureRequest, kube_config: str) -> Iterator[tuple[
     env = request.param
     name, namespace = f"tpot-{env}", f"tpot-kind-{env}"
     installed = _helm(
-        "install", name, str(CHART_DIR), "--namespace", namespace, "--create-namespace",
-        "-f", str(CHART_DIR / f"values-{env}.yaml"), "-f", str(KIND_OVERLAY),
-        "--wait", "--timeout", "10m", kubeconfig=kube_config,
+        "install",
+        name,
+        str(CHART_DIR),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "-f",
+        str(CHART_DIR / f"values-{env}.yaml"),
+        "-f",
+        str(KIND_OVERLAY),
+        "--wait",
+        "--timeout",
+        "10m",
+        kubeconfig=kube_config,
     )
     try:
         assert installed.returncode == 0, installed.stderr
         yield name, namespace
     finally:
         _helm("uninstall", name, "--namespace", namespace, "--wait", kubeconfig=kube_config)
-        subprocess.run(["kubectl", "--kubeconfig", kube_config, "delete", "namespace", namespace,
-                        "--wait=false"], capture_output=True)
+        subprocess.run(
+            [
+                "kubectl",
+                "--kubeconfig",
+                kube_config,
+                "delete",
+                "namespace",
+                namespace,
+                "--wait=false",
+            ],
+            capture_output=True,
+        )
 
 
 def test_every_environment_installs_passes_helm_test_and_runs_a_job(
@@ -71,9 +92,18 @@ def test_every_environment_installs_passes_helm_test_and_runs_a_job(
 
     local_port = _free_port()
     forward = subprocess.Popen(
-        ["kubectl", "--kubeconfig", kube_config, "--namespace", namespace, "port-forward",
-         f"service/{name}-backend", f"{local_port}:http"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            "kubectl",
+            "--kubeconfig",
+            kube_config,
+            "--namespace",
+            namespace,
+            "port-forward",
+            f"service/{name}-backend",
+            f"{local_port}:http",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         base_url = f"http://127.0.0.1:{local_port}"

@@ -1,4 +1,4 @@
-"""The kind overlay keeps every environment installable on a small CI runner (checked by rendering)."""
+"""The kind overlay keeps every environment installable on a small CI runner (by rendering)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
 """Render → run: the chart's own commands, arguments and environment, run as local processes.
 
-The dev values are rendered with the real helm; LocalStack (tests/harness/localstack.py) runs the
-scheduler, the workers and the backend from those manifests, mapping Service names to loopback, ports
-to free ones and volumes to temporary folders. A TPOT job then goes through the backend to the workers.
+The dev values are rendered with the real helm; LocalStack (tests/harness/localstack.py) runs
+the scheduler, the workers and the backend from those manifests, mapping Service names to
+loopback, ports to free ones and volumes to temporary folders. A TPOT job then goes through the
+backend to the workers.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from tests.harness.jobs import bundled_dataset, submit_job, wait_for_job
 from tests.harness.localstack import LocalStack
 
 pytestmark = pytest.mark.run
+log = logging.getLogger(__name__)
 
 
 def _start(manifests: list[dict], workdir: Path) -> Iterator[LocalStack]:
@@ -27,7 +30,7 @@ def _start(manifests: list[dict], workdir: Path) -> Iterator[LocalStack]:
         stack.start()
         yield stack
     except BaseException:
-        print(stack.logs())
+        log.error("event=stack_failed logs=\n%s", stack.logs())
         raise
     finally:
         stack.stop()
@@ -48,8 +51,14 @@ def test_dev_stack_runs_a_tpot_job_on_the_rendered_workers(dev_stack: LocalStack
     before = _executed_per_worker(dev_stack)
     path, target = bundled_dataset()
 
-    job_id = submit_job(dev_stack.url("backend", "http"), path, target, generations=1,
-                        population_size=4, random_state=7)
+    job_id = submit_job(
+        dev_stack.url("backend", "http"),
+        path,
+        target,
+        generations=1,
+        population_size=4,
+        random_state=7,
+    )
     job = wait_for_job(dev_stack.url("backend", "http"), job_id, timeout_seconds=300)
 
     assert job["status"] == "succeeded", job
@@ -69,7 +78,9 @@ def test_every_rendered_probe_answers_on_the_running_processes(dev_stack: LocalS
             url = process.probe_url(kind)
             assert url is not None, f"{process.pod}/{process.container} {kind} probe is not httpGet"
             response = httpx.get(url, timeout=5)
-            assert response.status_code == 200, f"{process.pod} {kind} {url}: {response.status_code}"
+            assert response.status_code == 200, (
+                f"{process.pod} {kind} {url}: {response.status_code}"
+            )
             checked.append((process.pod, kind))
 
     components = {pod.rsplit("-", 1)[0] for pod, _ in checked}
@@ -86,7 +97,8 @@ def test_dask_metrics_endpoints_serve_real_metrics(dev_stack: LocalStack) -> Non
 
 def test_helm_test_pod_passes_against_the_running_stack(dev_stack: LocalStack) -> None:
     test_pods = [
-        pod for pod in objects(render_environment("dev"), "Pod")
+        pod
+        for pod in objects(render_environment("dev"), "Pod")
         if "helm.sh/hook" in pod["metadata"].get("annotations", {})
     ]
     assert test_pods, "the chart renders no `helm test` pod"
@@ -97,12 +109,11 @@ def test_helm_test_pod_passes_against_the_running_stack(dev_stack: LocalStack) -
         assert "computation_checked" in process.log_tail(), process.log_tail()
 
 
-def test_scheduler_file_mode_connects_workers_and_backend(
-    helm_bin: str, tmp_path: Path
-) -> None:
+def test_scheduler_file_mode_connects_workers_and_backend(helm_bin: str, tmp_path: Path) -> None:
     manifests = render([CHART_DIR / "values-dev.yaml"], {"schedulerFile.enabled": True})
     worker_args = next(
-        c["args"] for d in objects(manifests, "Deployment")
+        c["args"]
+        for d in objects(manifests, "Deployment")
         if d["metadata"]["name"].endswith("-worker")
         for c in d["spec"]["template"]["spec"]["containers"]
     )
