@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.chart.conftest import (
     CHECKOV_SCANS,
@@ -25,6 +26,7 @@ from tests.harness.helm import (
     container,
     deployment,
     describe,
+    env_of,
     objects,
     pods,
     render,
@@ -491,6 +493,24 @@ def test_invalid_values_are_refused_by_helm_install_too(helm_bin: str) -> None:
         )  # fmt: skip
 
     assert "replicaz" in refused.value.stderr
+
+
+def test_a_canary_share_given_with_plain_set_is_accepted_and_an_out_of_range_one_named(
+    helm_bin: str,
+) -> None:
+    # `helm --set` passes 0.1 as the string "0.1"; the documented canary command must still work.
+    from tests.harness.helm import run_helm
+
+    canary = ("--set", "tpot.parallelMode=auto", "--set", "backend.resources.limits.memory=8Gi")
+    rendered = run_helm(
+        "template", "tpot", str(CHART_DIR), *canary, "--set", "tpot.distributedShare=0.1"
+    )
+    backend = container([doc for doc in yaml.safe_load_all(rendered) if doc], "backend")
+    assert env_of(backend)["TPOT_DISTRIBUTED_SHARE"] == "0.1"
+
+    with pytest.raises(HelmError) as refused:
+        run_helm("template", "tpot", str(CHART_DIR), *canary, "--set", "tpot.distributedShare=1.5")
+    assert "/tpot/distributedShare" in refused.value.stderr
 
 
 # -- checkov -----
