@@ -79,7 +79,7 @@ def source() -> dict[str, Any]:
     changed = _command(
         "git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "backend", "charts"
     )
-    return {
-        "commit": commit,
-        "uncommitted_changes_in": sorted({line[3:] for line in (changed or "").splitlines()}),
-    }
+    # "XY path" lines; the status columns may be blank (and _command strips the first one), so the
+    # path is whatever follows the first run of blanks.
+    paths = {line.split(None, 1)[1] for line in (changed or "").splitlines() if line.strip()}
+    return {"commit": commit, "uncommitted_changes_in": sorted(paths)}
