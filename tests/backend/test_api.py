@@ -103,6 +103,10 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, Path, dict[str, str], int, st
     text_target.write_text("a,label\n" + "".join(f"{i},v{i % 3}\n" for i in range(60)))
     header_only = tmp_path / "header.csv"
     header_only.write_text("a,b,label\n")
+    many_classes = tmp_path / "many-classes.csv"  # 20 classes x 2 rows: 8 held out
+    many_classes.write_text("a,label\n" + "".join(f"{i},c{i % 20}\n" for i in range(40)))
+    thin_classes = tmp_path / "thin-classes.csv"  # 4 classes x 5 rows: 4 training rows each
+    thin_classes.write_text("a,label\n" + "".join(f"{i},c{i % 4}\n" for i in range(20)))
     # (what, file, fields, status, field, words in the message)
     return [
         ("not a CSV", binary, {"target": "label"}, 400, "file", "not a CSV or Parquet"),
@@ -161,6 +165,15 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, Path, dict[str, str], int, st
             "task",
             "classification, regression",
         ),
+        (
+            "more classes than held-out rows",
+            many_classes,
+            {"target": "label"},
+            422,
+            "target",
+            "every class needs a row on each side",
+        ),
+        ("no class fills the folds", thin_classes, {"target": "label"}, 422, "cv", "cv=5 folds"),
         (
             "regression on text",
             text_target,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def test_restart_policy_fail_fails_orphans_and_leaves_live_jobs_of_other_backend
     Path(env["TPOT_DATA_DIR"]).mkdir(parents=True)
     store = _store(env)
     now = time.time()
-    mine = f"{socket.gethostname()}/1/dead"
+    earlier = subprocess.Popen(["true"])  # stands for this host's previous, exited process
+    earlier.wait()
+    mine = f"{socket.gethostname()}/{earlier.pid}/dead"
     rows = {
         "earlier-self": (mine, now),  # this host's previous process
         "stale-other": ("other-host/7/gone", now - 3600),  # another backend stopped beating

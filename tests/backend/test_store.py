@@ -149,35 +149,70 @@ def test_cancel_wins_over_a_late_finish_and_queued_jobs_cancel_at_once(store: Jo
     assert store.position(store.get("b")) is None  # type: ignore[arg-type]
 
 
-def test_orphans_are_jobs_of_an_earlier_process_here_or_with_a_stale_heartbeat(
+def _running_record(job_id: str, owner: str, heartbeat_at: float) -> JobRecord:
+    return JobRecord(
+        id=job_id,
+        status="running",
+        target="y",
+        params={},
+        arm="local",
+        created_at=heartbeat_at,
+        owner=owner,
+        heartbeat_at=heartbeat_at,
+    )
+
+
+def test_orphans_are_jobs_of_a_gone_process_here_or_with_a_stale_heartbeat(
     store: JobStore,
 ) -> None:
     now = time.time()
-    owners = {
-        "self-old": ("here/1/a", now),
-        "other-fresh": ("there/2/b", now),
-        "other-stale": ("there/3/c", now - 600),
-        "me": ("here/9/z", now),
-    }
-    for job_id, (owner, beat) in owners.items():
-        store.create(
-            JobRecord(
-                id=job_id,
-                status="running",
-                target="y",
-                params={},
-                arm="local",
-                created_at=now,
-                owner=owner,
-                heartbeat_at=beat,
-            )
+    gone_pid = subprocess.Popen(["true"])  # its pid names no process once it has exited
+    gone_pid.wait()
+    neighbour = subprocess.Popen(["sleep", "60"])  # another live process on this host
+    try:
+        owners = {
+            # An earlier incarnation of this process (a restarted container reuses its pid).
+            "self-old": (f"here/{os.getpid()}/a", now),
+            "here-gone": (f"here/{gone_pid.pid}/b", now),
+            "here-alive": (f"here/{neighbour.pid}/c", now),
+            "here-alive-stale": (f"here/{neighbour.pid}/d", now - 600),
+            "other-fresh": ("there/2/e", now),
+            "other-stale": ("there/3/f", now - 600),
+            "me": (f"here/{os.getpid()}/z", now),
+            "me-stale": (f"here/{os.getpid()}/z", now - 600),
+        }
+        for job_id, (owner, beat) in owners.items():
+            store.create(_running_record(job_id, owner, beat))
+
+        found = orphaned(
+            store.running(), owner=f"here/{os.getpid()}/z", host="here", lease_seconds=60, now=now
         )
+    finally:
+        neighbour.kill()
+        neighbour.wait()
 
-    found = orphaned(store.running(), owner="here/9/z", host="here", lease_seconds=60, now=now)
+    assert sorted(r.id for r in found) == [
+        "here-alive-stale",
+        "here-gone",
+        "me-stale",
+        "other-stale",
+        "self-old",
+    ]
 
-    assert sorted(r.id for r in found) == ["other-stale", "self-old"]
-    store.touch()
-    store.touch()
+
+def test_requeue_moves_only_a_job_still_running_for_the_owner_named(store: JobStore) -> None:
+    now = time.time()
+    store.create(_running_record("a", "here/1/a", now))
+    store.create(_running_record("b", "here/1/a", now))
+    store.finish("b", "succeeded")
+
+    assert store.requeue("a", "requeued: test", owner="someone/else/x") is None
+    assert store.requeue("b", "requeued: test", owner="here/1/a") is None
+    moved = store.requeue("a", "requeued: test", owner="here/1/a")
+
+    assert moved is not None and moved.status == "queued" and moved.owner is None
+    assert moved.notes == ["requeued: test"]
+    assert store.get("b").status == "succeeded"  # type: ignore[union-attr]
 
 
 def test_backend_runs_a_job_with_its_records_in_postgresql(

@@ -319,21 +319,39 @@ class ClusterConnection:
             self._on_state_change(self.status)
 
     def _keep_connected(self) -> None:
+        """The watcher thread: it must outlive any one failure, or the backend never reconnects."""
         while not self._stop.is_set():
-            client = self._client
-            if client is None or client.status in ("closed", "closing"):
-                self._connect_once()
-                continue
-
-            if client.status != "running":
-                self._mark_lost(f"client status {client.status}")
-                # Dask's client reconnects by itself for a while; give it that chance first.
+            try:
+                self._watch_once()
+            except Exception as error:  # a Dask or plugin error we did not foresee
+                event(
+                    logger,
+                    "scheduler_watch_failed",
+                    logging.ERROR,
+                    scheduler=self.settings.scheduler_source,
+                    error=f"{type(error).__name__}: {error}",
+                    exc_info=True,
+                )
+                with self._lock:
+                    self.status.last_error = f"{type(error).__name__}: {error}"
                 self._stop.wait(WATCH_INTERVAL_SECONDS)
-                continue
 
-            if self.status.state != "connected":
-                self._mark_connected(client)
+    def _watch_once(self) -> None:
+        """One step of the watcher: connect, notice a loss, or notice a reconnect."""
+        client = self._client
+        if client is None or client.status in ("closed", "closing"):
+            self._connect_once()
+            return
+
+        if client.status != "running":
+            self._mark_lost(f"client status {client.status}")
+            # Dask's client reconnects by itself for a while; give it that chance first.
             self._stop.wait(WATCH_INTERVAL_SECONDS)
+            return
+
+        if self.status.state != "connected":
+            self._mark_connected(client)
+        self._stop.wait(WATCH_INTERVAL_SECONDS)
 
     def _connect_once(self) -> None:
         with self._lock:

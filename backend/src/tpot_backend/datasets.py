@@ -169,6 +169,24 @@ def prepare_training_data(
                 "least 2 rows to appear in both the training and the held-out part",
                 field="target",
             )
+        # A stratified split needs a held-out row and a training row for every class.
+        held_out = math.ceil(len(y) * test_size)
+        if held_out < len(counts) or len(y) - held_out < len(counts):
+            raise DatasetError(
+                f"{target!r} has {len(counts)} classes but a held-out {test_size:.0%} of "
+                f"{len(y)} rows is {held_out} rows: every class needs a row on each side of the "
+                "split; add rows or merge rare classes",
+                field="target",
+            )
+        # Stratified CV folds fail outright when no class has `cv` training rows. The split's own
+        # rounding can give a class one row more, so count generously: refuse only a sure failure.
+        largest_in_training = math.ceil(int(counts.max()) * (1 - test_size))
+        if largest_in_training < cv:
+            raise DatasetError(
+                f"no class of {target!r} has {cv} training rows for cv={cv} folds (the largest "
+                f"has about {largest_in_training}); lower cv or add rows",
+                field="cv",
+            )
 
     usable = [c for c in features.columns if features[c].notna().any()]
     if not usable:

@@ -453,7 +453,19 @@ class JobService:
                     self._wake.wait(IDLE_POLL_SECONDS)
                 continue
             self._refresh_queue_gauge()
-            self._run_claimed(record)
+            try:
+                self._run_claimed(record)
+            except Exception as error:  # the store failed even to record the failure
+                # The runner thread must survive: its slot would be lost for good. The job stays
+                # `running` without a heartbeat, so recovery requeues it once its lease runs out.
+                event(
+                    logger,
+                    "job_not_recorded",
+                    logging.ERROR,
+                    job_id=record.id,
+                    error=f"{type(error).__name__}: {error}",
+                )
+                self._stop.wait(IDLE_POLL_SECONDS)
 
     def _run_claimed(self, record: JobRecord) -> None:
         cancel_event = threading.Event()
@@ -482,7 +494,9 @@ class JobService:
                 and outcome.status == "cancelled"
                 and not self._cancel_was_requested(record.id)
             ):
-                self.store.requeue(record.id, "requeued: the backend stopped while the job ran")
+                self.store.requeue(
+                    record.id, "requeued: the backend stopped while the job ran", owner=self.owner
+                )
                 event(logger, "job_requeued", job_id=record.id, reason="backend stopping")
                 return
             self._record_outcome(record, outcome)
@@ -552,7 +566,11 @@ class JobService:
                 and record.attempts < MAX_ATTEMPTS
                 and not record.cancel_requested
             ):
-                self.store.requeue(record.id, "requeued: backend restarted while the job ran")
+                moved = self.store.requeue(
+                    record.id, "requeued: backend restarted while the job ran", owner=record.owner
+                )
+                if moved is None:  # it finished or was taken over since we looked
+                    continue
                 action = "requeued"
             else:
                 final_status = "cancelled" if record.cancel_requested else "failed"

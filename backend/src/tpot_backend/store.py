@@ -10,6 +10,7 @@ is requeued or failed (``backend restarted``), so no job stays `running` with no
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -201,19 +202,33 @@ class JobStore:
             )
             return self._get(conn, job_id)
 
-    def requeue(self, job_id: str, note: str) -> JobRecord | None:
-        record = self.get(job_id)
-        if record is None:
-            return None
-        return self.update(
-            job_id,
-            status="queued",
-            owner=None,
-            heartbeat_at=None,
-            mode=None,
-            scheduler=None,
-            notes=[*record.notes, note],
-        )
+    def requeue(self, job_id: str, note: str, *, owner: str | None) -> JobRecord | None:
+        """Put a running job of `owner` back in the queue; None if it is no longer exactly that.
+
+        The condition makes the move safe against races: a job that finished, was cancelled or was
+        claimed by someone else since the caller looked stays as it is.
+        """
+        with self.engine.begin() as conn:
+            record = self._get(conn, job_id)
+            if record is None:
+                return None
+            moved = conn.execute(
+                update(jobs_table)
+                .where(
+                    jobs_table.c.id == job_id,
+                    jobs_table.c.status == "running",
+                    jobs_table.c.owner.is_(None) if owner is None else jobs_table.c.owner == owner,
+                )
+                .values(
+                    status="queued",
+                    owner=None,
+                    heartbeat_at=None,
+                    mode=None,
+                    scheduler=None,
+                    notes=[*record.notes, note],
+                )
+            )
+            return self._get(conn, job_id) if moved.rowcount == 1 else None
 
     def request_cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a queued job at once; mark a running job so its runner stops it."""
@@ -305,16 +320,38 @@ def orphaned(
     lease_seconds: float,
     now: float | None = None,
 ) -> list[JobRecord]:
-    """Running jobs nothing runs: left by an earlier process on this host, or heartbeat stale."""
+    """Running jobs nothing runs: left by a process on this host that is gone, or heartbeat stale.
+
+    `records` are running jobs that the calling process is not running itself. Owners are
+    `host/pid/random`. One of this host's owners is gone when its pid is this process's own (a
+    restarted container reuses pid 1) or no process has that pid; a live process on the same host
+    (two backends sharing a database on one machine) keeps its jobs while it keeps their heartbeat.
+    """
     now = time.time() if now is None else now
     found = []
     for record in records:
-        if record.owner == owner:
-            continue
-        earlier_self = record.owner is None or record.owner.split("/")[0] == host
         stale = record.heartbeat_at is None or now - record.heartbeat_at > lease_seconds
-        if earlier_self or stale:
+        gone = record.owner is None or (
+            record.owner != owner and _owner_gone_from_host(record.owner, host)
+        )
+        if gone or stale:
             found.append(record)
     if found:
         log_event(logger, "orphans_found", logging.WARNING, jobs=[r.id for r in found])
     return found
+
+
+def _owner_gone_from_host(record_owner: str, host: str) -> bool:
+    owner_host, _, rest = record_owner.partition("/")
+    if owner_host != host:
+        return False
+    pid_text = rest.partition("/")[0]
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a live process of another user
+        return False
+    return False
