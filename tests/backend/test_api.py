@@ -283,7 +283,9 @@ def test_queue_runs_jobs_in_order_at_most_n_at_once_and_cancels(
 
     assert server.http.delete(f"/v1/jobs/{ids[0]}").status_code == 409
     metrics = server.http.get("/metrics").text
-    assert 'tpot_jobs_finished_total{mode="local",status="cancelled"} 1.0' in metrics
+    # One cancelled in the queue, one while it ran: both are finished jobs.
+    assert 'tpot_jobs_finished_total{mode="local",status="cancelled"} 2.0' in metrics
+    assert 'tpot_job_duration_seconds_count{mode="local"} 3.0' in metrics  # only jobs that ran
     assert 'tpot_jobs_finished_total{mode="local",status="succeeded"} 2.0' in metrics
     assert "tpot_jobs_queued 0.0" in metrics
     assert 'tpot_jobs_running{mode="local"} 0.0' in metrics

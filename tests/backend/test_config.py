@@ -93,6 +93,12 @@ def test_scheduler_address_wins_over_the_scheduler_file() -> None:
     assert file_only.scheduler_source == "file:/x/scheduler.json"
 
 
+def test_plain_postgresql_urls_get_the_driver_the_image_ships() -> None:
+    for scheme in ("postgresql", "postgres"):
+        settings = Settings.from_env({"TPOT_DATABASE_URL": f"{scheme}://u:p@db:5432/tpot"})
+        assert settings.database_url == "postgresql+psycopg://u:p@db:5432/tpot"
+
+
 def test_default_cap_below_default_is_rejected() -> None:
     with pytest.raises(ConfigError, match="TPOT_DEFAULT_GENERATIONS"):
         Settings.from_env({"TPOT_DEFAULT_GENERATIONS": "50", "TPOT_MAX_GENERATIONS": "10"})

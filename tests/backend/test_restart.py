@@ -11,6 +11,7 @@ import pytest
 from tpot_backend.store import JobRecord, JobStore
 
 from tests.backend.conftest import StartBackend
+from tests.harness.dask_cluster import free_port
 
 pytestmark = pytest.mark.backend
 
@@ -100,3 +101,34 @@ def test_restart_policy_fail_fails_orphans_and_leaves_live_jobs_of_other_backend
     assert jobs["earlier-self"]["error"] == "backend restarted"
     assert jobs["stale-other"]["status"] == "failed"
     assert jobs["live-other"]["status"] == "running"
+
+
+def test_a_job_waiting_for_the_scheduler_can_be_cancelled_or_requeued_by_a_stop(
+    backend_env: dict[str, str], start_backend: StartBackend, small_csv: Path
+) -> None:
+    env = {
+        **backend_env,
+        "TPOT_PARALLEL_MODE": "distributed",
+        "DASK_SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{free_port()}",
+        "TPOT_SCHEDULER_WAIT_SECONDS": "120",
+    }
+    server = start_backend(env)
+
+    cancelled = server.submit(small_csv, target="label").json()["id"]
+    server.wait_for(cancelled, {"running"})
+    asked = time.monotonic()
+    assert server.http.delete(f"/v1/jobs/{cancelled}").status_code == 202
+    job = server.wait_for(cancelled, {"cancelled", "failed"}, timeout_seconds=30)
+    assert job["status"] == "cancelled", job
+    assert time.monotonic() - asked < 10  # not after the 120 s budget
+    metrics = server.http.get("/metrics").text
+    assert 'tpot_jobs_finished_total{mode="distributed",status="cancelled"} 1.0' in metrics
+    assert 'tpot_jobs_finished_total{mode="distributed",status="failed"} 0.0' in metrics
+
+    waiting = server.submit(small_csv, target="label").json()["id"]
+    server.wait_for(waiting, {"running"})
+    server.stop()  # SIGTERM while the job waits for the scheduler
+
+    record = _store(env).get(waiting)
+    assert record is not None and record.status == "queued", record
+    assert record.notes[-1] == "requeued: the backend stopped while the job ran"

@@ -138,13 +138,15 @@ def test_cancel_wins_over_a_late_finish_and_queued_jobs_cancel_at_once(store: Jo
     running = store.claim_next("host/1/x")
     assert running is not None and running.id == "a"
 
-    queued = store.request_cancel("b")
-    flagged = store.request_cancel("a")
+    queued, queued_ended = store.request_cancel("b")
+    flagged, flagged_ended = store.request_cancel("a")
+    _, again_ended = store.request_cancel("b")
     store.finish("a", "cancelled", error="cancelled")
     late = store.finish("a", "succeeded")
 
-    assert queued is not None and queued.status == "cancelled"
+    assert queued is not None and queued.status == "cancelled" and queued_ended
     assert flagged is not None and flagged.status == "running" and flagged.cancel_requested
+    assert not flagged_ended and not again_ended  # only the first call ended the queued job
     assert late is not None and late.status == "cancelled"
     assert store.position(store.get("b")) is None  # type: ignore[arg-type]
 
@@ -218,7 +220,9 @@ def test_requeue_moves_only_a_job_still_running_for_the_owner_named(store: JobSt
 def test_backend_runs_a_job_with_its_records_in_postgresql(
     postgres_url: str, backend_env: dict[str, str], start_backend: StartBackend, small_csv: Path
 ) -> None:
-    env = {**backend_env, "TPOT_PARALLEL_MODE": "local", "TPOT_DATABASE_URL": postgres_url}
+    # The plain scheme, as most users write it; the backend picks the driver it ships.
+    plain_url = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    env = {**backend_env, "TPOT_PARALLEL_MODE": "local", "TPOT_DATABASE_URL": plain_url}
     server = start_backend(env)
 
     job_id = server.submit(small_csv, target="label").json()["id"]

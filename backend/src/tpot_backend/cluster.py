@@ -284,8 +284,11 @@ class ClusterConnection:
     def losses(self) -> int:
         return self.status.losses
 
-    def acquire(self, *, wait: bool = True) -> Client:
-        """The connected client; waits while the outage is in budget, else raises."""
+    def acquire(self, *, wait: bool = True, cancel: threading.Event | None = None) -> Client:
+        """The connected client; waits while the outage is in budget, else raises.
+
+        `cancel` ends the wait early (a cancelled job, a stopping backend): the caller checks it.
+        """
         self.start()
         with self._lock:
             while True:
@@ -297,7 +300,8 @@ class ClusterConnection:
                 ):
                     return client
                 remaining = self.status.outage_deadline - time.monotonic()
-                if not wait or remaining <= 0 or self._stop.is_set():
+                cancelled = cancel is not None and cancel.is_set()
+                if not wait or remaining <= 0 or self._stop.is_set() or cancelled:
                     break
                 self._lock.wait(min(remaining, 1.0))
         raise SchedulerUnavailable(

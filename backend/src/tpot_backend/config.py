@@ -168,7 +168,9 @@ class Settings:
             distributed_share=env.number("TPOT_DISTRIBUTED_SHARE", 1.0, 0.0, 1.0),
             search_space=env.choice("TPOT_SEARCH_SPACE", "linear-light", SEARCH_SPACES),
             data_dir=data_dir,
-            database_url=env.text("TPOT_DATABASE_URL", f"sqlite:///{data_dir / 'jobs.db'}"),
+            database_url=_with_driver(
+                env.text("TPOT_DATABASE_URL", f"sqlite:///{data_dir / 'jobs.db'}")
+            ),
             api_token=env.optional("TPOT_API_TOKEN", _check_token),
             http_host=env.text("TPOT_HTTP_HOST", "0.0.0.0"),
             http_port=env.integer("TPOT_HTTP_PORT", 8080, 1, 65_535),
@@ -185,7 +187,7 @@ class Settings:
                 f"not valid: expected at least TPOT_SCHEDULER_BACKOFF_SECONDS="
                 f"{settings.scheduler_backoff_seconds:g}"
             )
-        if not settings.database_url.startswith(("sqlite:", "postgresql")):
+        if not settings.database_url.startswith(("sqlite:", "postgresql+psycopg:")):
             raise ConfigError(
                 f"TPOT_DATABASE_URL={_redact_url(settings.database_url)!r} is not valid: expected "
                 "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
@@ -304,6 +306,14 @@ def _default_local_workers() -> int:
     except AttributeError:
         available = os.cpu_count() or 1
     return max(1, min(available, 4))
+
+
+def _with_driver(url: str) -> str:
+    """`postgresql://` and `postgres://` mean the PostgreSQL driver the image ships (psycopg 3)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
 
 
 def _redact_url(url: str) -> str:

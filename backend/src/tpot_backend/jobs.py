@@ -127,13 +127,14 @@ class JobExecutor:
                         job_id, data, params, cancel_event, on_mode, bridges, outcome
                     )
                 except _Fallback as fallback:
+                    if cancel_event.is_set():
+                        raise JobCancelled("the job was cancelled") from fallback
                     outcome.fallback_reason = fallback.reason
                     outcome.notes.append(f"ran locally: {fallback}")
                     self.metrics.fallbacks.labels(reason=fallback.reason).inc()
                     event(
                         logger,
                         "job_fell_back_to_local",
-                        logging.WARNING,
                         job_id=job_id,
                         reason=fallback.reason,
                         error=str(fallback),
@@ -167,19 +168,7 @@ class JobExecutor:
                     "notes": outcome.notes,
                 }
             )
-        self._count(outcome, mode or arm)
         return outcome
-
-    def _count(self, outcome: JobOutcome, mode: str) -> None:
-        self.metrics.jobs_finished.labels(mode=mode, status=outcome.status).inc()
-        self.metrics.job_duration.labels(mode=mode).observe(outcome.duration_seconds)
-        if outcome.summary:
-            self.metrics.pipelines_evaluated.labels(mode=mode).inc(
-                outcome.summary.get("pipelines_evaluated", 0)
-            )
-            self.metrics.pipelines_failed.labels(mode=mode).inc(
-                outcome.summary.get("pipelines_failed", 0)
-            )
 
     def _run_distributed(
         self,
@@ -193,8 +182,10 @@ class JobExecutor:
     ) -> SearchResult:
         auto = self.settings.parallel_mode == "auto"
         try:
-            client = self.connection.acquire(wait=True)
+            client = self.connection.acquire(wait=True, cancel=cancel_event)
         except SchedulerUnavailable as error:
+            if cancel_event.is_set():
+                raise JobCancelled("cancelled while waiting for the scheduler") from error
             if auto:
                 raise _Fallback("scheduler_unreachable", str(error)) from error
             raise
@@ -420,7 +411,7 @@ class JobService:
         return self.uploads_dir / f"{new_job_id()}{suffix}"
 
     def cancel(self, job_id: str) -> JobRecord | None:
-        record = self.store.request_cancel(job_id)
+        record, ended_in_queue = self.store.request_cancel(job_id)
         if record is None:
             return None
         with self._lock:
@@ -430,9 +421,10 @@ class JobService:
             cancel.set()
         if bridge is not None:
             bridge.cancel()
-        if record.status == "cancelled":
+        if ended_in_queue:
             self._discard_upload(record)
             self._refresh_queue_gauge()
+            self._count_finished(record.arm, "cancelled")
         event(logger, "job_cancel_requested", job_id=job_id, status=record.status)
         return record
 
@@ -502,7 +494,9 @@ class JobService:
             self._record_outcome(record, outcome)
         except Exception as error:  # a bug or a broken store; the job must still end
             event(logger, "job_crashed", logging.ERROR, job_id=record.id, exc_info=True)
-            self.store.finish(record.id, "failed", error=f"{type(error).__name__}: {error}")
+            final = self.store.finish(record.id, "failed", error=f"{type(error).__name__}: {error}")
+            if final is not None and final.status == "failed":
+                self._count_finished(final.mode or record.arm, "failed")
         finally:
             with self._lock:
                 self._running.pop(record.id, None)
@@ -511,6 +505,20 @@ class JobService:
     def _cancel_was_requested(self, job_id: str) -> bool:
         record = self.store.get(job_id)
         return bool(record and record.cancel_requested)
+
+    def _count_finished(self, mode: str, status: str, outcome: JobOutcome | None = None) -> None:
+        """Count a job that reached a final status; the one place the job counters move."""
+        self.metrics.jobs_finished.labels(mode=mode, status=status).inc()
+        if outcome is None:  # ended without running (cancelled in the queue, failed on recovery)
+            return
+        self.metrics.job_duration.labels(mode=mode).observe(outcome.duration_seconds)
+        if outcome.summary:
+            self.metrics.pipelines_evaluated.labels(mode=mode).inc(
+                outcome.summary.get("pipelines_evaluated", 0)
+            )
+            self.metrics.pipelines_failed.labels(mode=mode).inc(
+                outcome.summary.get("pipelines_failed", 0)
+            )
 
     def _record_outcome(self, record: JobRecord, outcome: JobOutcome) -> None:
         model_path = None
@@ -529,6 +537,7 @@ class JobService:
         )
         if final is not None and final.status in FINAL:
             self._discard_upload(final)
+            self._count_finished(outcome.mode or record.arm, final.status, outcome)
         event(
             logger,
             "job_finished",
@@ -574,8 +583,11 @@ class JobService:
                 action = "requeued"
             else:
                 final_status = "cancelled" if record.cancel_requested else "failed"
-                self.store.finish(record.id, final_status, error="backend restarted")
+                final = self.store.finish(record.id, final_status, error="backend restarted")
+                if final is None or final.status != final_status:
+                    continue  # it ended on its own since we looked
                 self._discard_upload(record)
+                self._count_finished(record.mode or record.arm, final_status)
                 action = final_status
             handled.append(record.id)
             event(

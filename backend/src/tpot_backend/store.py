@@ -230,10 +230,13 @@ class JobStore:
             )
             return self._get(conn, job_id) if moved.rowcount == 1 else None
 
-    def request_cancel(self, job_id: str) -> JobRecord | None:
-        """Cancel a queued job at once; mark a running job so its runner stops it."""
+    def request_cancel(self, job_id: str) -> tuple[JobRecord | None, bool]:
+        """Cancel a queued job at once; mark a running job so its runner stops it.
+
+        Returns the record and whether this call ended it (it was still queued).
+        """
         with self.engine.begin() as conn:
-            conn.execute(
+            ended = conn.execute(
                 update(jobs_table)
                 .where(jobs_table.c.id == job_id, jobs_table.c.status == "queued")
                 .values(status="cancelled", finished_at=time.time(), cancel_requested=True)
@@ -243,7 +246,7 @@ class JobStore:
                 .where(jobs_table.c.id == job_id, jobs_table.c.status == "running")
                 .values(cancel_requested=True)
             )
-            return self._get(conn, job_id)
+            return self._get(conn, job_id), ended.rowcount == 1
 
     def heartbeat(self, job_ids: Iterable[str], owner: str) -> None:
         ids = list(job_ids)
