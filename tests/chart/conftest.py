@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -82,6 +83,16 @@ def load_values(*paths: Path) -> dict[str, Any]:
     for path in paths:
         values = merge(values, yaml.safe_load(path.read_text()) or {})
     return values
+
+
+def quantity_mib(quantity: str) -> float:
+    """A Kubernetes byte quantity (512Mi, 2Gi, 1G, 1048576) in MiB."""
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024**2, "k": 1e3 / 2**20, "M": 1e6 / 2**20,
+             "G": 1e9 / 2**20, "T": 1e12 / 2**20, "": 1 / 2**20}  # fmt: skip
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(quantity))
+    if match is None or match[2] not in units:
+        raise ValueError(f"{quantity!r} is not a byte quantity such as 512Mi or 2Gi")
+    return float(match[1]) * units[match[2]]
 
 
 # -- checkov in the background -----

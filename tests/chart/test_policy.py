@@ -3,6 +3,7 @@ chart, and invalid values files refused with a message that names the key."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tests.chart.conftest import (
     CheckovScan,
     checkov_skips,
     load_values,
+    quantity_mib,
 )
 from tests.harness.helm import (
     CHART_DIR,
@@ -158,6 +160,62 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(manifests: list[
     ]
 
     assert not missing, "\n".join(missing)
+
+
+def _mounted_emptydir_mib(pod: dict[str, Any], item: dict[str, Any]) -> float:
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    mounted = {m["name"] for m in item.get("volumeMounts", [])}
+    return sum(
+        quantity_mib(volumes[name]["emptyDir"]["sizeLimit"])
+        for name in mounted
+        if "emptyDir" in volumes[name]
+    )
+
+
+def test_every_container_declares_ephemeral_storage_covering_the_emptydirs_it_mounts(
+    manifests: list[dict],
+) -> None:
+    problems: list[str] = []
+
+    for owner, pod in pods(manifests):
+        for volume in pod["spec"].get("volumes", []):
+            if "emptyDir" in volume and not volume["emptyDir"].get("sizeLimit"):
+                problems.append(f"{describe(owner)}: emptyDir {volume['name']} has no sizeLimit")
+        for item in all_containers(pod):
+            name = f"{describe(owner)}/{item['name']}"
+            resources = item.get("resources") or {}
+            request = resources.get("requests", {}).get("ephemeral-storage")
+            limit = resources.get("limits", {}).get("ephemeral-storage")
+            if request is None or limit is None:
+                problems.append(f"{name}: no ephemeral-storage request and limit")
+                continue
+            mounted = _mounted_emptydir_mib(pod, item)
+            if quantity_mib(limit) < mounted:
+                problems.append(
+                    f"{name}: ephemeral-storage limit {limit} < {mounted:.0f}Mi mounted"
+                )
+            if quantity_mib(request) > quantity_mib(limit):
+                problems.append(f"{name}: ephemeral-storage request {request} above limit {limit}")
+
+    assert not problems, "\n".join(problems)
+
+
+def test_pod_ephemeral_storage_limit_covers_every_emptydir_of_the_pod(
+    manifests: list[dict],
+) -> None:
+    # The kubelet evicts a pod whose emptyDirs, logs and writable layers together pass the sum of
+    # its containers' limits; the init containers have finished by the time the main ones write.
+    for owner, pod in pods(manifests):
+        volumes = pod["spec"].get("volumes", [])
+        every_emptydir = sum(
+            quantity_mib(v["emptyDir"]["sizeLimit"]) for v in volumes if "emptyDir" in v
+        )
+        pod_limit = sum(
+            quantity_mib(c["resources"]["limits"]["ephemeral-storage"])
+            for c in pod["spec"]["containers"]
+        )
+
+        assert pod_limit >= every_emptydir, f"{describe(owner)}: {pod_limit} < {every_emptydir}"
 
 
 def test_every_long_running_container_has_readiness_liveness_and_startup_probes(
@@ -358,6 +416,25 @@ def test_egress_is_dns_and_dask_paths_only(environment_manifests: list[dict]) ->
         assert sorted(others, key=str) == sorted(paths, key=str), component
 
 
+def test_dns_extra_peers_join_the_dns_rule_of_every_policy_the_test_pod_included(
+    helm_bin: str,
+) -> None:
+    node_local_dns = {"ipBlock": {"cidr": "169.254.20.10/32"}}
+    rendered = render(set_values={"networkPolicy.dns.extraPeers": [node_local_dns]})
+
+    for component in ("scheduler", "worker", "backend", "test"):
+        [dns] = [r for r in _rules(rendered, component, "egress") if _ports(r) == {53}]
+        assert node_local_dns in dns["to"], component
+        assert any("podSelector" in peer for peer in dns["to"]), "kube-dns stays allowed"
+    others = [
+        r
+        for c in ("scheduler", "worker", "backend", "test")
+        for r in _rules(rendered, c, "egress")
+        if _ports(r) != {53}
+    ]
+    assert not any(node_local_dns in r.get("to", []) for r in others), "peers only get port 53"
+
+
 def test_extra_egress_rules_reach_only_the_component_they_are_for() -> None:
     rendered = render(VALUE_SETS["combo:existing-secrets-and-digest"])
 
@@ -411,7 +488,56 @@ def test_each_component_runs_under_its_own_service_account(
     }
 
 
+def test_helm_test_pod_runs_under_its_own_service_account_without_a_token(
+    environment_manifests: list[dict],
+) -> None:
+    [pod] = objects(environment_manifests, "Pod")
+    accounts = {a["metadata"]["name"]: a for a in objects(environment_manifests, "ServiceAccount")}
+    components = {
+        deployment(environment_manifests, c)["spec"]["template"]["spec"]["serviceAccountName"]
+        for c in ("scheduler", "worker", "backend")
+    }
+
+    name = pod["spec"]["serviceAccountName"]
+    assert name in accounts and name not in components
+    assert accounts[name]["automountServiceAccountToken"] is False
+    assert component_of(accounts[name]) == "test"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("component", ["scheduler", "worker", "backend"])
+@pytest.mark.parametrize(
+    "label", ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"]
+)
+def test_pod_labels_cannot_replace_the_selector_labels(
+    component: str, label: str, helm_bin: str
+) -> None:
+    with pytest.raises(HelmError) as refused:
+        render(set_values={f"{component}.podLabels": {label: "other"}})
+
+    assert f"/{component}/podLabels/{label.replace('/', '~1')}" in refused.value.stderr
+
+
+def test_pod_labels_outside_the_reserved_prefix_reach_the_pods(helm_bin: str) -> None:
+    labels = {"team": "ml", "example.com/cost-centre": "42"}
+    rendered = render(
+        set_values={f"{c}.podLabels": labels for c in ("scheduler", "worker", "backend")}
+    )
+
+    for component in ("scheduler", "worker", "backend"):
+        template = deployment(rendered, component)["spec"]["template"]
+        assert labels.items() <= _pod_labels(template).items()
+        assert component_of(template) == component
+
+
 # -- reliability -----
+
+
+def _budget_pods(value: int | str, replicas: int) -> int:
+    """A budget count as Kubernetes resolves it: a percentage of replicas, rounded up."""
+    if isinstance(value, str) and value.endswith("%"):
+        return math.ceil(int(value[:-1]) * replicas / 100)
+    return int(value)
 
 
 def test_worker_disruption_budget_always_allows_one_eviction(manifests: list[dict]) -> None:
@@ -424,9 +550,9 @@ def test_worker_disruption_budget_always_allows_one_eviction(manifests: list[dic
             continue
         spec = budget["spec"]
         if "minAvailable" in spec:
-            assert int(spec["minAvailable"]) < replicas
+            assert _budget_pods(spec["minAvailable"], replicas) < replicas
         else:
-            assert str(spec["maxUnavailable"]) not in ("0", "0%")
+            assert _budget_pods(spec["maxUnavailable"], replicas) >= 1
 
 
 def test_production_spreads_workers_and_protects_them_with_budgets() -> None:

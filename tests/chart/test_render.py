@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from tests.chart.conftest import VALUE_SETS, load_values, render_set
+from tests.chart.conftest import VALUE_SETS, load_values, quantity_mib, render_set
 from tests.chart.crd_schemas import CUSTOM_RESOURCE_SCHEMAS, duration_seconds
 from tests.harness.helm import (
     CHART_DIR,
@@ -85,6 +85,21 @@ def test_chart_yaml_declares_kube_version_app_version_and_a_semver_version() -> 
     assert len(KUBE_VERSIONS) >= 2, f"kubernetes-validate knows too few versions in {KUBE_VERSIONS}"
     readme = (CHART_DIR / "README.md").read_text()
     assert "## Versioning" in readme and "major" in readme and "minor" in readme
+
+
+TEMPLATE_COLUMNS = 120
+
+
+def test_template_lines_stay_within_120_columns() -> None:
+    long_lines = [
+        f"{path.relative_to(CHART_DIR)}:{number}: {len(line)} columns"
+        for path in sorted((CHART_DIR / "templates").rglob("*"))
+        if path.is_file()
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if len(line) > TEMPLATE_COLUMNS
+    ]
+
+    assert not long_lines, "\n".join(long_lines)
 
 
 def test_chart_dependencies_are_locked_when_there_are_any(helm_bin: str) -> None:
@@ -217,6 +232,17 @@ def test_service_monitor_endpoints_name_ports_of_the_services_it_selects(
         assert components == {"scheduler", "worker", "backend"}
 
 
+def test_pods_are_scraped_through_one_route_only(manifests: list[dict]) -> None:
+    monitors = objects(manifests, "ServiceMonitor") + objects(manifests, "PodMonitor")
+    annotated = [
+        d["metadata"]["name"]
+        for d in objects(manifests, "Deployment")
+        if "prometheus.io/scrape" in (d["spec"]["template"]["metadata"].get("annotations") or {})
+    ]
+
+    assert not (monitors and annotated), f"monitors and scrape annotations on {annotated}"
+
+
 def test_grafana_dashboard_configmap_carries_the_file_unchanged_with_the_sidecar_label() -> None:
     rendered = render_set("combo:podmonitor")
     dashboard = (CHART_DIR / "files" / "grafana-dashboard.json").read_text()
@@ -273,20 +299,13 @@ def test_worker_runs_the_documented_command_with_memory_limit_from_one_value(
     }
 
 
-def _mib(quantity: str) -> float:
-    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024**2, "k": 1e3 / 2**20, "M": 1e6 / 2**20,
-             "G": 1e9 / 2**20, "T": 1e12 / 2**20, "": 1 / 2**20}  # fmt: skip
-    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", quantity).groups()  # type: ignore[union-attr]
-    return float(number) * units[unit]
-
-
 def test_worker_memory_limit_stays_below_container_limit_by_the_stated_headroom(
     environment: str, environment_manifests: list[dict]
 ) -> None:
     values = load_values(*VALUE_SETS[environment])
     worker = container(environment_manifests, "worker")
     dask_mib = int(worker["args"][worker["args"].index("--memory-limit") + 1].removesuffix("MiB"))
-    limit_mib = _mib(worker["resources"]["limits"]["memory"])
+    limit_mib = quantity_mib(worker["resources"]["limits"]["memory"])
     headroom = values["worker"].get("memoryHeadroomMb") or max(512, dask_mib // 4)
 
     assert dask_mib == values["tpot"]["memoryLimitMb"]
@@ -488,6 +507,120 @@ def test_helm_test_pod_runs_a_computation_and_checks_backend_readiness(
     assert env["TPOT_BACKEND_URL"] == "http://tpot-backend.tpot.svc.cluster.local:8080"
     assert env["DASK_SCHEDULER_ADDRESS"] == f"tcp://{SCHEDULER_HOST}:8786"
     assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_helm_test_pod_is_placed_by_its_own_scheduling_values(helm_bin: str) -> None:
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "ci", "effect": "NoSchedule"}
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ci"]}]}
+                ]
+            }
+        }
+    }
+    rendered = render(
+        set_values={
+            "helmTest.nodeSelector": {"pool": "ci"},
+            "helmTest.tolerations": [toleration],
+            "helmTest.affinity": affinity,
+            "helmTest.priorityClassName": "ci-tests",
+            "helmTest.serviceAccount": {"create": False, "name": "ci-runner", "annotations": {}},
+        }
+    )
+    [pod] = objects(rendered, "Pod")
+
+    assert pod["spec"]["nodeSelector"] == {"pool": "ci"}
+    assert pod["spec"]["tolerations"] == [toleration]
+    assert pod["spec"]["affinity"] == affinity
+    assert pod["spec"]["priorityClassName"] == "ci-tests"
+    assert pod["spec"]["serviceAccountName"] == "ci-runner"
+    assert "nodeSelector" not in deployment(rendered, "worker")["spec"]["template"]["spec"]
+    assert "ci-runner" not in {a["metadata"]["name"] for a in objects(rendered, "ServiceAccount")}
+
+
+def test_helm_test_pod_takes_the_chart_priority_class_when_the_chart_creates_one() -> None:
+    rendered = render_set("combo:autoscaling")
+    [pod] = objects(rendered, "Pod")
+    [priority_class] = objects(rendered, "PriorityClass")
+
+    assert pod["spec"]["priorityClassName"] == priority_class["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("replicas", "budget", "allowed"),
+    [
+        (2, {"minAvailable": "50%"}, True),  # rounds up to 1 of 2
+        (2, {"minAvailable": "51%"}, False),  # rounds up to 2 of 2
+        (10, {"minAvailable": "90%"}, True),  # 9 of 10
+        (10, {"minAvailable": "91%"}, False),  # rounds up to 10 of 10
+        (2, {"maxUnavailable": "10%"}, True),  # rounds up to 1
+        (2, {"maxUnavailable": "0%"}, False),
+    ],
+)
+def test_worker_budget_percentages_are_checked_as_kubernetes_rounds_them(
+    replicas: int, budget: dict[str, str], allowed: bool, helm_bin: str
+) -> None:
+    values: dict[str, Any] = {
+        "worker.replicas": replicas,
+        "worker.podDisruptionBudget": {
+            "enabled": True,
+            "minAvailable": None,
+            "maxUnavailable": None,
+        }
+        | budget,
+    }
+
+    if allowed:
+        [pdb] = objects(render(set_values=values), "PodDisruptionBudget")
+        assert budget.items() <= pdb["spec"].items()
+    else:
+        with pytest.raises(HelmError, match=f"worker.podDisruptionBudget.{next(iter(budget))}"):
+            render(set_values=values)
+
+
+def test_worker_tmp_and_spill_directories_take_their_sizes_from_values(
+    environment: str, environment_manifests: list[dict]
+) -> None:
+    values = load_values(*VALUE_SETS[environment])["worker"]
+    volumes = {
+        v["name"]: v
+        for v in deployment(environment_manifests, "worker")["spec"]["template"]["spec"]["volumes"]
+    }
+    mounts = {
+        m["mountPath"]: m["name"]
+        for m in container(environment_manifests, "worker")["volumeMounts"]
+    }
+
+    assert volumes[mounts["/tmp"]]["emptyDir"]["sizeLimit"] == f"{values['tmpSizeLimitMb']}Mi"
+    assert volumes[mounts["/tmp/dask"]]["emptyDir"]["sizeLimit"] == (
+        f"{values['localDirSizeLimitMb']}Mi"
+    )
+    # The image's JOBLIB_TEMP_FOLDER is /tmp: a memmapped copy of the data must fit beside caches.
+    assert values["tmpSizeLimitMb"] >= 1024
+
+
+def test_backend_data_size_defaults_to_10gi_and_follows_the_value_for_claim_and_emptydir(
+    helm_bin: str,
+) -> None:
+    [claim] = objects(render(), "PersistentVolumeClaim")
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+
+    [claim] = objects(
+        render(set_values={"backend.persistence.size": "20Gi"}), "PersistentVolumeClaim"
+    )
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+
+    dev = render_set("dev")
+    data = next(
+        v
+        for v in deployment(dev, "backend")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "data"
+    )
+    assert quantity_mib(data["emptyDir"]["sizeLimit"]) == quantity_mib(
+        load_values(*VALUE_SETS["dev"])["backend"]["persistence"]["size"]
+    )
 
 
 def test_notes_say_how_to_reach_the_backend_dashboard_and_metrics(helm_bin: str) -> None:

@@ -39,6 +39,20 @@ def test_values_table_generator_notices_a_changed_description() -> None:
     assert table(edited) != readme_table(README.read_text())
 
 
+@pytest.mark.parametrize("environment", ["dev", "staging", "prod"])
+def test_every_value_an_environment_file_sets_has_a_comment_saying_why(environment: str) -> None:
+    path = CHART_DIR / f"values-{environment}.yaml"
+    unexplained = [
+        f"line {k.line}: {k.path}"
+        for k in parse_keys(path.read_text())
+        if not k.is_section and not k.description
+    ]
+
+    assert not unexplained, f"{path.name}: values without a comment line directly above:\n" + (
+        "\n".join(unexplained)
+    )
+
+
 def _resolve(node: dict[str, Any]) -> dict[str, Any]:
     ref = node.get("$ref")
     if ref:

@@ -10,6 +10,9 @@ from tests.kind.test_kind_install import ENVIRONMENTS, KIND_OVERLAY
 pytestmark = pytest.mark.render
 
 RUNNER_MEMORY_MIB = 7 * 1024
+# GitHub-hosted Linux runners guarantee 14 GB of SSD, shared by the kind nodes: were every pod to
+# fill its ephemeral-storage request, the runner must still have the disk.
+RUNNER_DISK_MIB = 14 * 1000**3 / 2**20
 UNITS_MIB = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
 
 
@@ -33,3 +36,16 @@ def test_kind_overlay_fits_every_environment_on_a_small_runner(
             requested += replicas * _mib(container["resources"]["requests"]["memory"])
 
     assert 0 < requested <= RUNNER_MEMORY_MIB, f"{environment}: {requested:.0f} MiB requested"
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_kind_overlay_ephemeral_storage_fits_a_runner_disk(helm_bin: str, environment: str) -> None:
+    manifests = render([CHART_DIR / f"values-{environment}.yaml", KIND_OVERLAY])
+
+    requested = 0.0
+    for deployment in objects(manifests, "Deployment"):
+        replicas = deployment["spec"].get("replicas", 1)
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            requested += replicas * _mib(container["resources"]["requests"]["ephemeral-storage"])
+
+    assert 0 < requested <= RUNNER_DISK_MIB, f"{environment}: {requested:.0f} MiB of disk requested"

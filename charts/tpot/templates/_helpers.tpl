@@ -81,9 +81,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 /var/run/tpot/scheduler.json
 {{- end -}}
 
-{{/* ServiceAccount name of a component; takes (dict "context" $ "component" "scheduler"). */}}
+{{/* ServiceAccount name of a component; takes (dict "context" $ "component" "scheduler"), plus "key" when
+its values section has another name (the test pod's is helmTest). */}}
 {{- define "tpot.serviceAccountName" -}}
-{{- $sa := (index .context.Values .component).serviceAccount -}}
+{{- $sa := (index .context.Values (default .component .key)).serviceAccount -}}
 {{- if $sa.create -}}
 {{- default (printf "%s-%s" (include "tpot.fullname" .context) .component) $sa.name -}}
 {{- else -}}
@@ -96,9 +97,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-%s" .Release.Namespace (include "tpot.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* PriorityClass of a component: its own value, else the chart's class when the chart creates one. */}}
+{{/* PriorityClass of a component: its own value, else the chart's class when the chart creates one; takes
+(dict "context" $ "component" "scheduler"), plus "key" as for tpot.serviceAccountName. */}}
 {{- define "tpot.priorityClassName" -}}
-{{- $own := (index .context.Values .component).priorityClassName -}}
+{{- $own := (index .context.Values (default .component .key)).priorityClassName -}}
 {{- if $own -}}
 {{- $own -}}
 {{- else if .context.Values.priorityClass.create -}}
@@ -190,8 +192,16 @@ seccompProfile:
 {{- if and .Values.schedulerFile.enabled (not .Values.schedulerFile.existingClaim) }}true{{ end -}}
 {{- end -}}
 
-{{/* Init container that writes scheduler.json with the Service address into the pod's emptyDir. */}}
+{{/* MiB of the scheduler-file emptyDir (sizeLimit 1Mi) in pods that write the file themselves, else 0. */}}
+{{- define "tpot.schedulerFileEmptyDirMb" -}}
+{{- if include "tpot.writesSchedulerFile" . }}1{{ else }}0{{ end -}}
+{{- end -}}
+
+{{/* Init container that writes scheduler.json with the Service address into the pod's emptyDir; takes
+(dict "context" $ "tmpMb" <the pod's /tmp sizeLimit in MiB>). */}}
 {{- define "tpot.writeSchedulerFileContainer" -}}
+{{- $storage := include "tpot.ephemeralStorage" (list .tmpMb 1) -}}
+{{- with .context -}}
 - name: write-scheduler-file
   image: {{ include "tpot.image" . | quote }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -207,16 +217,21 @@ seccompProfile:
   securityContext:
     {{- include "tpot.containerSecurityContext" . | nindent 4 }}
   resources:
-    {{- toYaml .Values.initContainerResources | nindent 4 }}
+    {{- include "tpot.resources" (dict "resources" .Values.initContainerResources "storage" $storage) | nindent 4 }}
   volumeMounts:
     - name: tmp
       mountPath: /tmp
     - name: scheduler-file
       mountPath: /var/run/tpot
 {{- end -}}
+{{- end -}}
 
-{{/* Init container that waits, within waitForScheduler.timeoutSeconds, until the scheduler answers. */}}
+{{/* Init container that waits, within waitForScheduler.timeoutSeconds, until the scheduler answers; takes
+(dict "context" $ "tmpMb" <the pod's /tmp sizeLimit in MiB>). */}}
 {{- define "tpot.waitForSchedulerContainer" -}}
+{{- $fileMb := include "tpot.schedulerFileEmptyDirMb" .context | int -}}
+{{- $storage := include "tpot.ephemeralStorage" (list .tmpMb $fileMb) -}}
+{{- with .context -}}
 - name: wait-for-scheduler
   image: {{ include "tpot.image" . | quote }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -231,7 +246,7 @@ seccompProfile:
   securityContext:
     {{- include "tpot.containerSecurityContext" . | nindent 4 }}
   resources:
-    {{- toYaml .Values.initContainerResources | nindent 4 }}
+    {{- include "tpot.resources" (dict "resources" .Values.initContainerResources "storage" $storage) | nindent 4 }}
   volumeMounts:
     - name: tmp
       mountPath: /tmp
@@ -240,6 +255,7 @@ seccompProfile:
       mountPath: /var/run/tpot
       readOnly: true
     {{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/* Prometheus scrape annotations for a pod's metrics port (monitoring.scrapeAnnotations.enabled). */}}
@@ -254,6 +270,11 @@ prometheus.io/path: /metrics
 {{/* Secret that holds the backend's API token: the existing one, else the one the chart creates. */}}
 {{- define "tpot.apiTokenSecretName" -}}
 {{- default (printf "%s-api-token" (include "tpot.fullname" .)) .Values.backend.apiToken.existingSecret -}}
+{{- end -}}
+
+{{/* Size of the backend's data directory: backend.persistence.size, else 10Gi (claim or emptyDir). */}}
+{{- define "tpot.backendDataSize" -}}
+{{- default "10Gi" .Values.backend.persistence.size -}}
 {{- end -}}
 
 {{/* Claim that holds the backend's data directory: the existing one, else the one the chart creates. */}}
@@ -281,18 +302,39 @@ prometheus.io/path: /metrics
     {{- toYaml .Values.networkPolicy.monitoring.podSelector | nindent 4 }}
 {{- end -}}
 
-{{/* NetworkPolicy egress rule: DNS lookups to the cluster DNS pods. */}}
+{{/* NetworkPolicy egress rule: DNS lookups to the cluster DNS pods and networkPolicy.dns.extraPeers. */}}
 {{- define "tpot.dnsEgressRule" -}}
 - to:
     - namespaceSelector:
         {{- toYaml .Values.networkPolicy.dns.namespaceSelector | nindent 8 }}
       podSelector:
         {{- toYaml .Values.networkPolicy.dns.podSelector | nindent 8 }}
+    {{- with .Values.networkPolicy.dns.extraPeers }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   ports:
     - port: 53
       protocol: UDP
     - port: 53
       protocol: TCP
+{{- end -}}
+
+{{/* ephemeral-storage of a container, e.g. "1380Mi": the emptyDir sizeLimits it mounts (a list of MiB)
+plus 100 MiB for its own logs (the kubelet keeps 5 files of 10 MiB by default; the root filesystem is
+read-only). The pod's limit is the sum of its containers', so the kubelet evicts it before a node fills. */}}
+{{- define "tpot.ephemeralStorage" -}}
+{{- $total := 100 -}}
+{{- range . }}{{ $total = add $total . }}{{ end -}}
+{{- printf "%dMi" (int $total) -}}
+{{- end -}}
+
+{{/* A resources block with ephemeral-storage (request = limit) added to the values' cpu and memory; takes
+(dict "resources" .Values.<component>.resources "storage" (include "tpot.ephemeralStorage" ...)). */}}
+{{- define "tpot.resources" -}}
+{{- $resources := deepCopy .resources -}}
+{{- $_ := set $resources.requests "ephemeral-storage" .storage -}}
+{{- $_ = set $resources.limits "ephemeral-storage" .storage -}}
+{{- toYaml $resources -}}
 {{- end -}}
 
 {{/* A memory quantity (e.g. 3Gi, 512Mi, 2G) in MiB, as a float. */}}
