@@ -113,7 +113,8 @@ def test_every_environment_installs_passes_helm_test_and_runs_a_job(
                 if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(1)
+                pass  # the port-forward is not up yet
+            time.sleep(1)
         token = _api_token(kube_cluster, namespace, name)
         path, target = bundled_dataset()
         job_id = submit_job(base_url, path, target, token=token, generations=1, population_size=4)
