@@ -102,11 +102,23 @@ class ComposeStack:
         return json.loads(out.strip().splitlines()[-1])
 
     def worker_task_counts(self) -> dict[str, int]:
-        """Tasks each connected worker has executed since it started, by worker name."""
+        """Tasks each answering worker has executed since it started, by worker name.
+
+        A worker the scheduler still lists but that no longer answers (just killed) is left out.
+        """
         return self.scheduler_python(
             "counts = client.run(lambda dask_worker: [dask_worker.name, "
-            "dask_worker.state.executed_count])\n"
+            "dask_worker.state.executed_count], on_error='omit')\n"
             "print(json.dumps(dict(counts.values())))"
+        )
+
+    def worker_names(self) -> set[str]:
+        """Names of the workers the scheduler lists."""
+        return set(
+            self.scheduler_python(
+                "info = client.scheduler_info()\n"
+                "print(json.dumps([w['name'] for w in info['workers'].values()]))"
+            )
         )
 
     def logs(self) -> str:
