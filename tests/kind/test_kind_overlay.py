@@ -23,9 +23,13 @@ def _mib(quantity: str) -> float:
     return float(quantity) / 2**20
 
 
+@pytest.mark.parametrize(
+    ("resource", "budget_mib"),
+    [("memory", RUNNER_MEMORY_MIB), ("ephemeral-storage", RUNNER_DISK_MIB)],
+)
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 def test_kind_overlay_fits_every_environment_on_a_small_runner(
-    helm_bin: str, environment: str
+    helm_bin: str, environment: str, resource: str, budget_mib: float
 ) -> None:
     manifests = render([CHART_DIR / f"values-{environment}.yaml", KIND_OVERLAY])
 
@@ -33,19 +37,6 @@ def test_kind_overlay_fits_every_environment_on_a_small_runner(
     for deployment in objects(manifests, "Deployment"):
         replicas = deployment["spec"].get("replicas", 1)
         for container in deployment["spec"]["template"]["spec"]["containers"]:
-            requested += replicas * _mib(container["resources"]["requests"]["memory"])
+            requested += replicas * _mib(container["resources"]["requests"][resource])
 
-    assert 0 < requested <= RUNNER_MEMORY_MIB, f"{environment}: {requested:.0f} MiB requested"
-
-
-@pytest.mark.parametrize("environment", ENVIRONMENTS)
-def test_kind_overlay_ephemeral_storage_fits_a_runner_disk(helm_bin: str, environment: str) -> None:
-    manifests = render([CHART_DIR / f"values-{environment}.yaml", KIND_OVERLAY])
-
-    requested = 0.0
-    for deployment in objects(manifests, "Deployment"):
-        replicas = deployment["spec"].get("replicas", 1)
-        for container in deployment["spec"]["template"]["spec"]["containers"]:
-            requested += replicas * _mib(container["resources"]["requests"]["ephemeral-storage"])
-
-    assert 0 < requested <= RUNNER_DISK_MIB, f"{environment}: {requested:.0f} MiB of disk requested"
+    assert 0 < requested <= budget_mib, f"{environment}: {requested:.0f} MiB of {resource}"
