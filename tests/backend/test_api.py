@@ -174,6 +174,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[str, Path, dict[str, str], int, st
             "every class needs a row on each side",
         ),
         ("no class fills the folds", thin_classes, {"target": "label"}, 422, "cv", "cv=5 folds"),
+        ("target too long", good, {"target": "x" * 600}, 422, "target", "longer than 512"),
         (
             "regression on text",
             text_target,
@@ -244,6 +245,15 @@ def test_every_bad_input_answers_4xx_with_a_json_reason_and_the_service_stays_up
     assert server.http.get("/v1/jobs").json()["jobs"][0]["id"] == accepted.json()["id"]
     uploads = list((Path(env["TPOT_DATA_DIR"]) / "uploads").iterdir())
     assert len(uploads) <= 1  # rejected uploads are not kept
+
+    long_name = "d" * 600 + ".csv"  # kept to the store's field, extension included
+    with (tmp_path / "good.csv").open("rb") as handle:
+        named = server.http.post(
+            "/v1/jobs", data={"target": "label"}, files={"file": (long_name, handle, "text/csv")}
+        )
+    assert named.status_code == 202, named.text
+    stored_name = server.http.get(f"/v1/jobs/{named.json()['id']}").json()["filename"]
+    assert len(stored_name) == 512 and stored_name.endswith(".csv")
 
 
 def test_queue_runs_jobs_in_order_at_most_n_at_once_and_cancels(

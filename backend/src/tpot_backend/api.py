@@ -39,6 +39,8 @@ UPLOAD_CHUNK_BYTES = 1024 * 1024
 # Room for the multipart envelope and the small form fields around the file.
 MULTIPART_OVERHEAD_BYTES = 256 * 1024
 KNOWN_SUFFIXES = {".csv": ".csv", ".parquet": ".parquet", ".pq": ".parquet"}
+# The job store keeps the uploaded file name in a 512-character field.
+MAX_FILENAME_CHARS = 512
 # Module level: FastAPI resolves the string annotations of routes against module globals.
 BEARER = HTTPBearer(auto_error=False, description="Required when TPOT_API_TOKEN is set.")
 
@@ -286,9 +288,15 @@ def create_app(
             upload_path.unlink(missing_ok=True)
             raise
 
-        record = service.submit(
-            upload_path=upload_path, filename=file.filename, params=params, task=data.task
-        )
+        # The name is only shown back; keep its end (the extension) within the store's field.
+        filename = (file.filename or "")[-MAX_FILENAME_CHARS:] or None
+        try:
+            record = service.submit(
+                upload_path=upload_path, filename=filename, params=params, task=data.task
+            )
+        except BaseException:  # a store error: nothing was queued, so keep no upload either
+            upload_path.unlink(missing_ok=True)
+            raise
         body = job_view(record, service.store.position(record))
         return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{record.id}"})
 

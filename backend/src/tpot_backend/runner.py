@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ONE_HOT_CATEGORIES = 50
 PIPELINE_TEXT_CHARS = 20_000
+# The job store keeps the target column name in a 512-character field.
+MAX_TARGET_CHARS = 512
 VERSIONED_PACKAGES = (
     "tpot",
     "dask",
@@ -79,6 +81,8 @@ class JobParams:
         target = str(values.get("target") or "").strip()
         if not target:
             raise ParamError("target", "is required: the name of the column to predict")
+        if len(target) > MAX_TARGET_CHARS:
+            raise ParamError("target", f"is longer than {MAX_TARGET_CHARS} characters")
 
         task = _optional_text(values.get("task"))
         if task is not None and task not in TASKS:
