@@ -90,14 +90,18 @@ setup_checkov() {
 }
 
 setup_promtool() {
-  if command -v promtool >/dev/null; then
-    ln -sf "$(command -v promtool)" "$BIN/promtool" 2>/dev/null || true
-    return 0
-  fi
-  if apt_install prometheus; then
+  # -x follows the link, so a dangling one is made again.
+  if [ -x "$BIN/promtool" ]; then return 0; fi
+  # The first promtool on PATH that is not our own link (the Makefile puts .tools/bin first).
+  local found
+  found=$(type -aP promtool | grep -vx "$BIN/promtool" | head -n 1 || true)
+  if [ -z "$found" ] && apt_install prometheus; then
     # Debian starts the service where it can; the tests run their own Prometheus.
     as_root pkill -x prometheus >/dev/null 2>&1 || true
-    ln -sf "$(command -v promtool)" "$BIN/promtool"
+    found=$(type -aP promtool | grep -vx "$BIN/promtool" | head -n 1 || true)
+  fi
+  if [ -n "$found" ]; then
+    ln -sf "$found" "$BIN/promtool"
   else
     log "promtool: Debian's prometheus package could not be installed; rule tests will skip"
   fi

@@ -108,7 +108,7 @@ class ComposeStack:
         """
         return self.scheduler_python(
             "counts = client.run(lambda dask_worker: [dask_worker.name, "
-            "dask_worker.state.executed_count], on_error='omit')\n"
+            "dask_worker.state.executed_count], on_error='ignore')\n"
             "print(json.dumps(dict(counts.values())))"
         )
 

@@ -1,17 +1,21 @@
 """docker-compose.tpot.yml and .env as a user gets them: documented defaults that fit together, the
-chart's commands, and a worker that refuses a container limit too small for its Dask limit.
+chart's commands, and a worker that refuses a container limit too small for its Dask limit, which
+`up --wait` reports at once instead of waiting out its timeout.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import time
 from typing import Any
 
 import pytest
 
 from tests.compose import image
+from tests.compose.conftest import free_port
 
 pytestmark = pytest.mark.compose
 
@@ -28,6 +32,8 @@ WORKER_FLAGS = (
 )
 # A worker that finds its container limit too small exits with this code (EX_CONFIG).
 MEMORY_MISMATCH_EXIT_CODE = 78
+# `up --wait --wait-timeout` of the mismatch test: failing sooner means compose reported the worker.
+MISMATCH_WAIT_TIMEOUT_SECONDS = 180
 
 
 def _env_defaults() -> dict[str, str]:
@@ -138,3 +144,52 @@ def test_worker_refuses_to_start_when_its_container_limit_leaves_no_headroom(
     assert result.returncode == MEMORY_MISMATCH_EXIT_CODE, result.stderr
     assert "event=worker_memory_mismatch" in result.stderr
     assert "needed_mb=2560" in result.stderr
+
+
+def _compose(
+    project: str, env: dict[str, str], *args: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    command = [str(image.COMPOSE_BIN), "--project-name", project, "--file", str(image.COMPOSE_FILE)]
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=image.REPO_ROOT,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_up_wait_fails_on_the_worker_before_its_timeout_when_the_container_limit_is_too_small(
+    compose_image: str,
+) -> None:
+    project = f"tpot-memory-wait-test-{os.getpid()}"
+    env = {
+        **image.docker_env(),
+        "TPOT_IMAGE": compose_image,
+        "TPOT_BIND_ADDRESS": "127.0.0.1",
+        "TPOT_HTTP_PORT": str(free_port()),
+        "TPOT_SCHEDULER_HTTP_PORT": str(free_port()),
+        "TPOT_WORKERS": "1",
+        "TPOT__MEMORY_LIMIT_MB": "2048",
+        "TPOT_WORKER_CONTAINER_MEMORY_MB": "2048",
+    }
+    wait = ["--wait", "--wait-timeout", str(MISMATCH_WAIT_TIMEOUT_SECONDS)]
+
+    started = time.monotonic()
+    try:
+        up = _compose(
+            project, env, "up", "--detach", *wait, "--pull", "never", "--no-build",
+            timeout=MISMATCH_WAIT_TIMEOUT_SECONDS + 60,
+        )  # fmt: skip
+        elapsed_seconds = time.monotonic() - started
+        logs = _compose(project, env, "logs", "--no-color", "worker", timeout=60).stdout
+    finally:
+        _compose(project, env, "down", "--volumes", "--timeout", "5", timeout=120)
+
+    assert up.returncode != 0, up.stderr
+    assert f"{project}-worker-1" in up.stderr, up.stderr
+    assert elapsed_seconds < MISMATCH_WAIT_TIMEOUT_SECONDS, up.stderr
+    assert "event=worker_memory_mismatch" in logs
+    assert "needed_mb=2560" in logs

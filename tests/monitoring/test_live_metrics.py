@@ -357,16 +357,51 @@ def test_every_dashboard_query_and_alert_expression_runs_in_prometheus(
     assert len(with_data) >= 15
 
 
-def test_failing_tasks_fire_task_failure_alert_while_health_alerts_stay_quiet(
+def _erred_task_count(dask_scheduler: Any) -> int:
+    """Erred tasks by the scheduler's own count, summed over its task prefixes."""
+    return sum(
+        prefix.state_counts.get("erred", 0) for prefix in dask_scheduler.task_prefixes.values()
+    )
+
+
+def _wait_for_alert_value(
+    prometheus: Prometheus, alertname: str, expected: float, timeout_seconds: float = 30
+) -> None:
+    seen: list[float] = []
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        alerts = prometheus.api("alerts")["alerts"]
+        seen = [float(a["value"]) for a in alerts if a["labels"]["alertname"] == alertname]
+        if expected in seen:
+            return
+        time.sleep(0.5)
+    raise AssertionError(
+        f"{alertname}: value {expected:g} not reached in {timeout_seconds:g} s, last {seen}"
+    )
+
+
+def test_first_failures_of_a_task_prefix_fire_task_failure_alert_counting_each_task_once(
     prometheus: Prometheus, client: Any
 ) -> None:
-    failures = client.map(operator.truediv, range(8), [0] * 8, pure=False)
+    # floordiv has not failed before: Dask creates its erred series with this batch, and the first
+    # sample already holds the failures, which increase() alone does not count.
+    new_series = (
+        'dask_scheduler_prefix_state_totals_total{state="erred", task_prefix_name="floordiv"}'
+    )
+    assert prometheus.query(new_series) == []
+
+    failures = client.map(operator.floordiv, range(8), [0] * 8, pure=False)
     assert all(isinstance(f.exception(timeout=30), ZeroDivisionError) for f in failures)
+    erred = client.run_on_scheduler(_erred_task_count)
+    assert erred == 9, "expected the fixture's one failure and these eight"
 
     firing = prometheus.wait_until(
         'ALERTS{alertname="TpotTaskFailuresRising", alertstate="firing"}', timeout_seconds=30
     )
+    # The scheduler started less than 10 minutes ago, so the alert counts every erred task, once.
+    _wait_for_alert_value(prometheus, "TpotTaskFailuresRising", erred)
 
+    assert prometheus.query(new_series)
     assert firing[0]["metric"]["pod"] == "tpot-scheduler-0"
     active = {a["labels"]["alertname"] for a in prometheus.api("alerts")["alerts"]}
     assert active & HEALTHY_QUIET == set()
