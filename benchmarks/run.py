@@ -1,7 +1,7 @@
 """Benchmarks of the TPOT stack, measured side by side in one run; see docs/benchmarks.md.
 
-    PYTHONPATH=. PATH=.tools/bin:$PATH .venv/bin/python -m benchmarks.run            # full, ~25 min
-    PYTHONPATH=. PATH=.tools/bin:$PATH .venv/bin/python -m benchmarks.run --quick    # ~7 min
+    PYTHONPATH=. PATH=.tools/bin:$PATH .venv/bin/python -m benchmarks.run            # full, ~11 min
+    PYTHONPATH=. PATH=.tools/bin:$PATH .venv/bin/python -m benchmarks.run --quick    # ~2 min
 
 What is measured (the numbers name the items of docs/benchmarks.md):
 
@@ -14,8 +14,8 @@ What is measured (the numbers name the items of docs/benchmarks.md):
 6. rows        time per job at growing row counts; data shipped per job or per evaluation.
 
 The stack is the dev values file rendered by helm and run as local processes with the chart's own
-commands (tests/harness/localstack.py). Results go to benchmarks/results/<mode>.json (the full
-run writes latest.json) and a table is printed.
+commands (tests/harness/localstack.py). Results go to benchmarks/results/: latest.json for a full
+run of every item, quick.json for --quick, partial.json otherwise; a table is printed.
 """
 
 from __future__ import annotations
@@ -546,7 +546,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = items - set(ITEMS)
     if unknown:
         parser.error(f"unknown item(s) {sorted(unknown)}: expected some of {', '.join(ITEMS)}")
-    output = args.output or RESULTS_DIR / ("latest.json" if plan.mode == "full" else "quick.json")
+    # Only a full run of every item replaces the figures docs/benchmarks.md reports.
+    if plan.mode == "quick":
+        default_name = "quick.json"
+    elif items == set(ITEMS) and not overrides:
+        default_name = "latest.json"
+    else:
+        default_name = "partial.json"
+    output = args.output or RESULTS_DIR / default_name
 
     report: dict[str, Any] = {
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
