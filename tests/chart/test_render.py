@@ -636,6 +636,19 @@ def test_notes_say_how_to_reach_the_backend_dashboard_and_metrics(helm_bin: str)
     assert "helm test tpot" in notes and "/v1/jobs" in notes and "/metrics" in notes
     assert "get secret tpot-api-token" in notes
     assert "no ServiceMonitor CRD" in notes, "NOTES must warn when the requested CRD is missing"
+    assert 'image.repository is "tpot-backend", with no registry' in notes
+
+
+def test_notes_stay_quiet_about_an_image_from_a_registry(helm_bin: str) -> None:
+    from tests.harness.helm import run_helm
+
+    notes = run_helm(
+        "install", "tpot", str(CHART_DIR), "--dry-run=client", "--namespace", "tpot",
+        "--values", str(CHART_DIR / "values-prod.yaml"),
+        "--set", "image.repository=registry.example.com/tpot-backend",
+    ).split("NOTES:", 1)[1]  # fmt: skip
+
+    assert "image.repository" not in notes
 
 
 def _probe_paths(item: dict[str, Any]) -> set[str]:
